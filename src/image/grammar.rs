@@ -1,0 +1,225 @@
+//! The reference grammar of `distribution/reference` (`regexp.go`), as byte-level predicates.
+//! Public so that tools and the upstream test vectors can check single productions.
+//!
+//! Each function is one named production of the Go grammar; the comment above it quotes the
+//! production. Go's `\w` is ASCII-only and its `$` is the end of the text, so a trailing newline
+//! never matches: byte predicates give both for free.
+
+/// `[a-z0-9]`
+fn is_lower_alphanumeric(byte: u8) -> bool {
+    byte.is_ascii_lowercase() || byte.is_ascii_digit()
+}
+
+/// `pathComponent = [a-z0-9]+ (?:(?:[._]|__|[-]+)[a-z0-9]+)*`
+pub fn is_path_component(component: &str) -> bool {
+    let bytes = component.as_bytes();
+    let mut i = 0;
+    loop {
+        let run_start = i;
+        while i < bytes.len() && is_lower_alphanumeric(bytes[i]) {
+            i += 1;
+        }
+        if i == run_start {
+            return false;
+        }
+        if i == bytes.len() {
+            return true;
+        }
+        match bytes[i] {
+            b'.' => i += 1,
+            b'_' => {
+                i += if bytes.get(i + 1) == Some(&b'_') {
+                    2
+                } else {
+                    1
+                }
+            }
+            b'-' => {
+                while bytes.get(i) == Some(&b'-') {
+                    i += 1;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// `remoteName = pathComponent ('/' pathComponent)*`
+pub fn is_remote_name(name: &str) -> bool {
+    name.split('/').all(is_path_component)
+}
+
+/// `domainNameComponent = [a-zA-Z0-9] | [a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]`
+fn is_domain_name_component(label: &str) -> bool {
+    let bytes = label.as_bytes();
+    match (bytes.first(), bytes.last()) {
+        (Some(first), Some(last)) => {
+            first.is_ascii_alphanumeric()
+                && last.is_ascii_alphanumeric()
+                && bytes
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b == b'-')
+        }
+        _ => false,
+    }
+}
+
+/// `domainAndPort = (domainName | '[' [a-fA-F0-9:]+ ']') (':' [0-9]+)?`
+pub fn is_domain_and_port(domain: &str) -> bool {
+    let (host, port) = if let Some(bracketed) = domain.strip_prefix('[') {
+        let Some((address, after)) = bracketed.split_once(']') else {
+            return false;
+        };
+        let is_ipv6 =
+            !address.is_empty() && address.bytes().all(|b| b.is_ascii_hexdigit() || b == b':');
+        if !is_ipv6 {
+            return false;
+        }
+        (None, after)
+    } else {
+        match domain.find(':') {
+            Some(colon) => (Some(&domain[..colon]), &domain[colon..]),
+            None => (Some(domain), ""),
+        }
+    };
+    let host_ok = host.is_none_or(|name| name.split('.').all(is_domain_name_component));
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()));
+    host_ok && port_ok
+}
+
+/// `tag = [\w][\w.-]{0,127}`
+pub fn is_tag(tag: &str) -> bool {
+    let bytes = tag.as_bytes();
+    let word = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_';
+    !bytes.is_empty()
+        && bytes.len() <= 128
+        && word(&bytes[0])
+        && bytes[1..]
+            .iter()
+            .all(|b| word(b) || *b == b'.' || *b == b'-')
+}
+
+/// `digest = [A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*[:][[:xdigit:]]{32,}`
+///
+/// The reference grammar is looser than go-digest; `digest::validate` checks the rest.
+pub fn is_reference_digest(digest: &str) -> bool {
+    let Some((algorithm, hex)) = digest.split_once(':') else {
+        return false;
+    };
+    let algorithm_ok = algorithm.split(['-', '_', '+', '.']).all(|part| {
+        part.as_bytes().first().is_some_and(u8::is_ascii_alphabetic)
+            && part.bytes().all(|b| b.is_ascii_alphanumeric())
+    });
+    algorithm_ok && hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `identifier = ^[a-f0-9]{64}$`, an image ID.
+pub fn is_identifier(text: &str) -> bool {
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Splits `name[:tag][@digest]`, checking tag and digest against the grammar.
+///
+/// A tag can contain neither `/` nor `:`, so the tag separator is the last `:` with no `/` after
+/// it; any earlier `:` belongs to a host's port. Nothing but the digest follows `@`.
+pub fn split_tag_and_digest(text: &str) -> Option<(&str, Option<&str>, Option<&str>)> {
+    let (before_digest, digest) = match text.split_once('@') {
+        Some((before, digest)) => (before, Some(digest)),
+        None => (text, None),
+    };
+    if digest.is_some_and(|digest| !is_reference_digest(digest)) {
+        return None;
+    }
+    let (name, tag) = match before_digest.rfind(':') {
+        Some(colon) if !before_digest[colon..].contains('/') => {
+            (&before_digest[..colon], Some(&before_digest[colon + 1..]))
+        }
+        _ => (before_digest, None),
+    };
+    if tag.is_some_and(|tag| !is_tag(tag)) {
+        return None;
+    }
+    Some((name, tag, digest))
+}
+
+/// `name = (domainAndPort '/')? remoteName`, with Go's leftmost-first choice: the first
+/// component is the domain whenever it fits the host grammar and the rest is a valid path.
+pub fn split_name(name: &str) -> Option<(&str, &str)> {
+    if let Some((domain, path)) = name.split_once('/') {
+        if is_domain_and_port(domain) && is_remote_name(path) {
+            return Some((domain, path));
+        }
+    }
+    is_remote_name(name).then_some(("", name))
+}
+
+/// The anchored `reference` regexp: `^(name)(?::(tag))?(?:@(digest))?$`.
+pub fn match_reference(text: &str) -> Option<(&str, Option<&str>, Option<&str>)> {
+    let (name, tag, digest) = split_tag_and_digest(text)?;
+    split_name(name)?;
+    Some((name, tag, digest))
+}
+
+/// Go's `strings.ToLower`, rune by rune with the simple case mapping. Only error paths use it.
+pub fn to_lower(text: &str) -> String {
+    text.chars()
+        .map(|c| c.to_lowercase().next().unwrap_or(c))
+        .collect()
+}
+
+/// Go's `strings.ToLower(s) != s`, without allocating in the common ASCII case.
+pub fn has_upper(text: &str) -> bool {
+    if text.is_ascii() {
+        text.bytes().any(|b| b.is_ascii_uppercase())
+    } else {
+        text.chars().any(|c| c.to_lowercase().next() != Some(c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn separators_follow_the_go_grammar() {
+        for ok in ["a", "a.b", "a_b", "a__b", "a---b", "a-b.c_d__e"] {
+            assert!(is_path_component(ok), "{ok}");
+        }
+        for bad in ["", "a.", ".a", "a..b", "a___b", "a_-b", "A", "a/b"] {
+            assert!(!is_path_component(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hosts_and_ports() {
+        for ok in [
+            "localhost",
+            "a",
+            "Example.COM:5000",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "1.2.3.4:0",
+        ] {
+            assert!(is_domain_and_port(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a:",
+            ":5000",
+            "-a.com",
+            "a-.com",
+            "a..com",
+            "[]",
+            "[fe80::1%eth0]",
+            "a:b",
+        ] {
+            assert!(!is_domain_and_port(bad), "{bad}");
+        }
+    }
+}

@@ -41,6 +41,8 @@ pub struct Reference<'a> {
     official: bool,
     tag: Option<&'a str>,
     digest: Option<&'a str>,
+    /// The input named no registry host, so the runtime's default (Docker Hub) was assumed.
+    short_name: bool,
 }
 
 /// The repository path of a [`Reference`]: `library/nginx`, `acme/api`.
@@ -235,6 +237,7 @@ impl<'a> Reference<'a> {
             official,
             tag,
             digest,
+            short_name: split.short_name,
         };
         reference.check_path_and_digest(algorithms)?;
         Ok(reference)
@@ -260,6 +263,7 @@ impl<'a> Reference<'a> {
             official: false,
             tag,
             digest,
+            short_name: false,
         };
         reference.check_path_and_digest(algorithms)?;
         Ok(reference)
@@ -277,6 +281,7 @@ impl<'a> Reference<'a> {
             official: false,
             tag: None,
             digest: None,
+            short_name: false,
         })
     }
 
@@ -288,6 +293,12 @@ impl<'a> Reference<'a> {
             digest::validate(digest, algorithms)?;
         }
         Ok(())
+    }
+
+    /// Whether the image named no registry host (`nginx`, `acme/app`), leaving the choice to the
+    /// runtime's default registry.
+    pub fn is_short_name(&self) -> bool {
+        self.short_name
     }
 
     /// Registry host with optional port, as written.
@@ -359,23 +370,26 @@ struct DomainSplit<'a> {
     /// `domain` is the input's own first component (not a default or a rewrite), so the input is
     /// exactly `domain/remainder`.
     domain_is_verbatim: bool,
+    /// The input named no host at all; `domain` is the default.
+    short_name: bool,
 }
 
 impl<'a> DomainSplit<'a> {
     fn of(image: &'a str) -> Self {
-        let hub = |remainder: &'a str| DomainSplit {
+        let hub = |remainder: &'a str, short_name: bool| DomainSplit {
             domain: DOCKER_HUB,
             remainder,
             official: !remainder.contains('/'),
             domain_is_verbatim: false,
+            short_name,
         };
         // A single component is always a Docker Hub name, never a host: `localhost:5000` is
         // `docker.io/library/localhost:5000`, the image `localhost` with tag `5000`.
         let Some((first, rest)) = image.split_once('/') else {
-            return hub(image);
+            return hub(image, true);
         };
         if first == LEGACY_DOCKER_HUB {
-            return hub(rest);
+            return hub(rest, false);
         }
         // A first component is a host if it looks like one (a dot or a port), is `localhost`, or
         // has upper case (which a repository path cannot have).
@@ -385,9 +399,10 @@ impl<'a> DomainSplit<'a> {
                 remainder: rest,
                 official: first == DOCKER_HUB && !rest.contains('/'),
                 domain_is_verbatim: true,
+                short_name: false,
             };
         }
-        hub(image)
+        hub(image, true)
     }
 }
 

@@ -1,1 +1,18 @@
+//! registry-gate admits Pods only when every image comes from a registry the organization has
+//! registered, and gives them the pull secrets those registries need.
+//!
+//! How a request flows through the modules:
+//!
+//! - [`image`]: each image string is parsed exactly as the kubelet and containerd parse it
+//!   (borrowed, no allocation), so that what is checked is what will be pulled.
+//! - [`policy`]: the registry list admins write, validated field by field and compiled into a
+//!   matcher that decides one image in tens of nanoseconds at any policy size.
+//! - [`admission`]: where images sit in Pods and in Pod-template workloads.
+//! - [`check`]: the same decision offline, for CI pipelines (`registry-gate check`).
+//! - [`yaml`]: YAML trees that remember lines, so policy errors can point at them.
+
+pub mod admission;
+pub mod check;
 pub mod image;
+pub mod policy;
+pub mod yaml;

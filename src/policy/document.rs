@@ -1,0 +1,542 @@
+//! The policy document as admins write it (YAML or JSON), decoded field by field so that every
+//! problem is reported at once, each with its field path and line.
+
+use std::collections::HashMap;
+
+use super::pattern::RegistryPattern;
+use super::registry_type::RegistryType;
+use super::{DenyRule, Mode, NamespacePattern, Policy, Registry};
+use crate::yaml::{self, Node, Value};
+
+pub const API_VERSION: &str = "registry-gate.io/v1";
+pub const KIND: &str = "RegistryPolicy";
+
+/// One thing wrong with a policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where, as a field path: `registries[2].url`.
+    pub field: String,
+    /// 1-based line in the document, when known.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}: {}", self.field, self.message),
+            None => write!(f, "{}: {}", self.field, self.message),
+        }
+    }
+}
+
+/// A policy that was refused, with every problem found in it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the policy is invalid ({} problem{}):\n{}", .problems.len(), if .problems.len() == 1 { "" } else { "s" }, list(.problems))]
+pub struct PolicyError {
+    pub problems: Vec<Problem>,
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Collects problems while the decoder walks the document.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, field: &str, line: usize, message: impl Into<String>) {
+        self.0.push(Problem {
+            field: field.to_owned(),
+            line: Some(line),
+            message: message.into(),
+        });
+    }
+}
+
+/// Decodes and validates a policy document.
+pub fn parse(text: &str) -> Result<Policy, PolicyError> {
+    let documents = yaml::parse_documents(text).map_err(|e| PolicyError {
+        problems: vec![Problem {
+            field: "(document)".into(),
+            line: Some(e.line),
+            message: format!("is not valid YAML: {}", e.message),
+        }],
+    })?;
+    let root = match documents.as_slice() {
+        [root] => root,
+        [] => return Err(one_problem("(document)", None, "is empty")),
+        [_, second, ..] => {
+            return Err(one_problem(
+                "(document)",
+                Some(second.line),
+                "holds more than one YAML document; a policy is one document",
+            ));
+        }
+    };
+    let mut problems = Problems::default();
+    let policy = decode_policy(root, &mut problems);
+    match policy {
+        Some(policy) if problems.0.is_empty() => Ok(policy),
+        _ => {
+            let mut problems = problems.0;
+            problems.sort_by_key(|p| p.line);
+            Err(PolicyError { problems })
+        }
+    }
+}
+
+fn one_problem(field: &str, line: Option<usize>, message: &str) -> PolicyError {
+    PolicyError {
+        problems: vec![Problem {
+            field: field.into(),
+            line,
+            message: message.into(),
+        }],
+    }
+}
+
+/// A mapping's fields, with the field path they sit at.
+struct Fields<'n> {
+    path: String,
+    line: usize,
+    entries: &'n [(Node, Node)],
+}
+
+impl<'n> Fields<'n> {
+    /// Reads `node` as a mapping whose keys are all among `known`.
+    fn of(node: &'n Node, path: &str, known: &[&str], problems: &mut Problems) -> Option<Self> {
+        let Value::Mapping(entries) = &node.value else {
+            problems.add(
+                path,
+                node.line,
+                format!("must be a mapping, not {}", node.kind_name()),
+            );
+            return None;
+        };
+        let mut seen = Vec::new();
+        for (key, _) in entries {
+            let Some(name) = key.as_str() else {
+                problems.add(path, key.line, "has a key that is not a string");
+                continue;
+            };
+            if seen.contains(&name) {
+                problems.add(&join(path, name), key.line, "is given twice");
+            }
+            seen.push(name);
+            if !known.contains(&name) {
+                let message = match closest(name, known) {
+                    Some(close) => format!("is not a known field (did you mean {close:?}?)"),
+                    None => format!("is not a known field (known: {})", known.join(", ")),
+                };
+                problems.add(&join(path, name), key.line, message);
+            }
+        }
+        Some(Fields {
+            path: path.to_owned(),
+            line: node.line,
+            entries,
+        })
+    }
+
+    fn get(&self, name: &str) -> Option<&'n Node> {
+        self.entries
+            .iter()
+            .find(|(key, _)| key.as_str() == Some(name))
+            .map(|(_, value)| value)
+            .filter(|v| !v.is_null())
+    }
+
+    fn field_path(&self, name: &str) -> String {
+        join(&self.path, name)
+    }
+
+    fn string(&self, name: &str, problems: &mut Problems) -> Option<&'n str> {
+        let node = self.get(name)?;
+        match &node.value {
+            Value::Scalar { text, .. } => Some(text),
+            _ => {
+                problems.add(
+                    &self.field_path(name),
+                    node.line,
+                    format!("must be a string, not {}", node.kind_name()),
+                );
+                None
+            }
+        }
+    }
+
+    fn required_string(&self, name: &str, problems: &mut Problems) -> Option<(&'n str, usize)> {
+        match self.get(name) {
+            Some(node) => self.string(name, problems).map(|s| (s, node.line)),
+            None => {
+                problems.add(&self.field_path(name), self.line, "is required");
+                None
+            }
+        }
+    }
+
+    fn list(&self, name: &str, problems: &mut Problems) -> Option<(&'n [Node], usize)> {
+        let node = self.get(name)?;
+        match &node.value {
+            Value::Sequence(items) => Some((items, node.line)),
+            _ => {
+                problems.add(
+                    &self.field_path(name),
+                    node.line,
+                    format!("must be a list, not {}", node.kind_name()),
+                );
+                None
+            }
+        }
+    }
+
+    /// A list of namespace patterns, and its line.
+    fn namespace_patterns(
+        &self,
+        name: &str,
+        problems: &mut Problems,
+    ) -> Option<(Vec<NamespacePattern>, usize)> {
+        let (items, line) = self.list(name, problems)?;
+        let path = self.field_path(name);
+        let patterns = items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| {
+                let item_path = format!("{path}[{i}]");
+                let Some(text) = item.as_str() else {
+                    problems.add(
+                        &item_path,
+                        item.line,
+                        format!("must be a string, not {}", item.kind_name()),
+                    );
+                    return None;
+                };
+                NamespacePattern::parse(text)
+                    .map_err(|e| problems.add(&item_path, item.line, e))
+                    .ok()
+            })
+            .collect();
+        Some((patterns, line))
+    }
+}
+
+fn join(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{path}.{name}")
+    }
+}
+
+/// The known name closest to a misspelled one, if any is close.
+fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|k| {
+            (
+                edit_distance(&name.to_ascii_lowercase(), &k.to_ascii_lowercase()),
+                *k,
+            )
+        })
+        .filter(|(distance, _)| *distance <= 2)
+        .min()
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+const POLICY_FIELDS: &[&str] = &[
+    "apiVersion",
+    "kind",
+    "mode",
+    "shortNameRegistry",
+    "exemptNamespaces",
+    "registries",
+    "deny",
+];
+const REGISTRY_FIELDS: &[&str] = &[
+    "name",
+    "type",
+    "url",
+    "pullSecret",
+    "namespaces",
+    "description",
+];
+const DENY_FIELDS: &[&str] = &["url", "reason"];
+
+fn decode_policy(root: &Node, problems: &mut Problems) -> Option<Policy> {
+    let fields = Fields::of(root, "", POLICY_FIELDS, problems)?;
+    for (name, want) in [("apiVersion", API_VERSION), ("kind", KIND)] {
+        if let Some((value, line)) = fields.required_string(name, problems) {
+            if value != want {
+                problems.add(
+                    name,
+                    line,
+                    format!("is {value:?}; registry-gate reads {want:?}"),
+                );
+            }
+        }
+    }
+    let mode = match fields.string("mode", problems) {
+        None => Mode::Enforce,
+        Some("enforce") => Mode::Enforce,
+        Some("audit") => Mode::Audit,
+        Some(other) => {
+            let line = fields.get("mode").map_or(fields.line, |n| n.line);
+            problems.add(
+                "mode",
+                line,
+                format!(
+                    "is {other:?}; it is \"enforce\" (deny) or \"audit\" (admit with a warning)"
+                ),
+            );
+            Mode::Enforce
+        }
+    };
+    let short_name_registry = match fields.string("shortNameRegistry", problems) {
+        None => RegistryPattern::parse(crate::image::DOCKER_HUB).ok(),
+        Some(text) => {
+            let line = fields
+                .get("shortNameRegistry")
+                .map_or(fields.line, |n| n.line);
+            match RegistryPattern::parse(text) {
+                Ok(pattern) if pattern.host.is_wildcard() || !pattern.path.is_empty() => {
+                    problems.add(
+                        "shortNameRegistry",
+                        line,
+                        "must be a single host[:port], with no wildcard and no path",
+                    );
+                    None
+                }
+                Ok(pattern) => Some(pattern),
+                Err(e) => {
+                    problems.add("shortNameRegistry", line, e);
+                    None
+                }
+            }
+        }
+    };
+    let exempt_namespaces = fields
+        .namespace_patterns("exemptNamespaces", problems)
+        .map(|(p, _)| p)
+        .unwrap_or_default();
+
+    let registries = match fields.list("registries", problems) {
+        Some((items, _)) => {
+            check_unique_registries(items, problems);
+            items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| decode_registry(item, i, problems))
+                .collect()
+        }
+        None => {
+            if fields.get("registries").is_none() {
+                problems.add(
+                    "registries",
+                    fields.line,
+                    "is required (write `registries: []` to deny every image)",
+                );
+            }
+            Vec::new()
+        }
+    };
+
+    let deny = match fields.list("deny", problems) {
+        Some((items, _)) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| decode_deny(item, i, problems))
+            .collect(),
+        None => Vec::new(),
+    };
+
+    Some(Policy::assemble(
+        mode,
+        short_name_registry?.host,
+        exempt_namespaces,
+        registries,
+        deny,
+    ))
+}
+
+fn decode_registry(node: &Node, index: usize, problems: &mut Problems) -> Option<Registry> {
+    let path = format!("registries[{index}]");
+    let fields = Fields::of(node, &path, REGISTRY_FIELDS, problems)?;
+    let name = fields.required_string("name", problems);
+    if let Some((name, line)) = name {
+        if !is_dns_label(name) {
+            problems.add(&fields.field_path("name"), line, "must be a DNS label (lower-case letters, digits and -, at most 63): it labels metrics");
+        }
+    }
+    let registry_type = fields
+        .required_string("type", problems)
+        .and_then(|(text, line)| {
+            let found = RegistryType::from_name(text);
+            if found.is_none() {
+                let message = match RegistryType::closest_to(text) {
+                    Some(close) => format!(
+                        "is {text:?}, not a registry type (did you mean {:?}?)",
+                        close.name()
+                    ),
+                    None => {
+                        let names: Vec<&str> = RegistryType::ALL.iter().map(|t| t.name()).collect();
+                        format!(
+                            "is {text:?}, not a registry type (one of {})",
+                            names.join(", ")
+                        )
+                    }
+                };
+                problems.add(&fields.field_path("type"), line, message);
+            }
+            found
+        });
+    let url = fields.required_string("url", problems);
+    let pattern = url.and_then(|(text, line)| {
+        let url_path = fields.field_path("url");
+        let pattern = RegistryPattern::parse(text)
+            .map_err(|e| problems.add(&url_path, line, format!("{text:?} {e}")))
+            .ok()?;
+        if let Some(registry_type) = registry_type {
+            if let Err(expected) = registry_type.check_host(&pattern.host) {
+                problems.add(
+                    &url_path,
+                    line,
+                    format!("{text:?} does not fit type {registry_type}: {expected}"),
+                );
+            }
+        }
+        Some(pattern)
+    });
+    let pull_secret = fields.string("pullSecret", problems);
+    if let (Some(secret), Some(registry_type)) = (pull_secret, registry_type) {
+        let line = fields.get("pullSecret").map_or(fields.line, |n| n.line);
+        if !registry_type.takes_pull_secret() {
+            problems.add(
+                &fields.field_path("pullSecret"),
+                line,
+                "is set, but a Public registry is pulled without credentials",
+            );
+        } else if !is_dns_subdomain(secret) {
+            problems.add(
+                &fields.field_path("pullSecret"),
+                line,
+                format!("{secret:?} is not a valid Secret name (a DNS subdomain)"),
+            );
+        }
+    }
+    let namespaces = fields
+        .namespace_patterns("namespaces", problems)
+        .map(|(patterns, line)| {
+            if patterns.is_empty() {
+                problems.add(
+                    &fields.field_path("namespaces"),
+                    line,
+                    "is empty, which admits no namespace; leave it out to admit all",
+                );
+            }
+            patterns
+        });
+    fields.string("description", problems);
+    Some(Registry {
+        name: name?.0.to_owned(),
+        registry_type: registry_type?,
+        url: url?.0.to_owned(),
+        pattern: pattern?,
+        pull_secret: pull_secret.map(str::to_owned),
+        namespaces,
+        line: node.line,
+    })
+}
+
+fn decode_deny(node: &Node, index: usize, problems: &mut Problems) -> Option<DenyRule> {
+    let path = format!("deny[{index}]");
+    let fields = Fields::of(node, &path, DENY_FIELDS, problems)?;
+    let (url, line) = fields.required_string("url", problems)?;
+    let reason = fields.string("reason", problems).map(str::to_owned);
+    match RegistryPattern::parse(url) {
+        Ok(pattern) => Some(DenyRule {
+            url: url.to_owned(),
+            pattern,
+            reason,
+        }),
+        Err(e) => {
+            problems.add(&fields.field_path("url"), line, format!("{url:?} {e}"));
+            None
+        }
+    }
+}
+
+/// Names label metrics and URLs decide which entry's secret is injected: neither may repeat.
+/// Checked on the raw entries, so that an entry with another problem is still compared.
+fn check_unique_registries(items: &[Node], problems: &mut Problems) {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut urls: HashMap<RegistryPattern, usize> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        let Value::Mapping(entries) = &item.value else {
+            continue;
+        };
+        let field = |name: &str| {
+            entries
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(name))
+                .map(|(_, v)| v)
+        };
+        if let Some(node) = field("name") {
+            if let Some(first) = node.as_str().and_then(|name| names.insert(name, i)) {
+                problems.add(
+                    &format!("registries[{i}].name"),
+                    node.line,
+                    format!("repeats the name of registries[{first}]"),
+                );
+            }
+        }
+        if let Some(node) = field("url") {
+            let pattern = node
+                .as_str()
+                .and_then(|url| RegistryPattern::parse(url).ok());
+            if let Some((pattern, first)) =
+                pattern.and_then(|p| urls.insert(p.clone(), i).map(|first| (p, first)))
+            {
+                problems.add(
+                    &format!("registries[{i}].url"),
+                    node.line,
+                    format!("{pattern} is the same registry as registries[{first}].url; merge the two entries"),
+                );
+            }
+        }
+    }
+}
+
+/// RFC 1123 label: what Kubernetes namespaces and metric-friendly names are made of.
+pub(super) fn is_dns_label(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// RFC 1123 subdomain: what Secret names are made of.
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_dns_label)
+}

@@ -1,0 +1,302 @@
+//! The registry policy: the document admins write, validated, and compiled into a matcher.
+//!
+//! A [`Policy`] is immutable once built. Reloads build a new one off the hot path and swap it in
+//! whole (`arc-swap`), so a decision always sees one consistent policy.
+
+mod document;
+mod matcher;
+mod pattern;
+mod registry_type;
+
+use std::fmt;
+
+use wildmatch::WildMatch;
+
+use crate::image::{ParseError, Reference};
+pub use document::{API_VERSION, KIND, PolicyError, Problem};
+use matcher::{ImageKey, Index};
+pub use pattern::{HostPattern, RegistryPattern};
+pub use registry_type::{Credentials, RegistryType};
+
+/// What a denial does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Reject the object.
+    Enforce,
+    /// Admit it, but warn the user and count it: for rolling a policy out.
+    Audit,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
+/// A registered registry: where images may come from, and the secret to pull them with.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    /// Unique; labels metrics and audit logs.
+    pub name: String,
+    pub registry_type: RegistryType,
+    /// The URL as written, for messages.
+    pub url: String,
+    pub pattern: RegistryPattern,
+    /// A `kubernetes.io/dockerconfigjson` Secret name, injected into Pods that use this registry.
+    pub pull_secret: Option<String>,
+    /// Namespaces allowed to pull from it; `None` for all.
+    pub namespaces: Option<Vec<NamespacePattern>>,
+    /// Where the entry starts in the policy document.
+    pub line: usize,
+}
+
+impl Registry {
+    pub fn admits_namespace(&self, namespace: &str) -> bool {
+        self.namespaces
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| p.matches(namespace)))
+    }
+}
+
+/// A registry (or part of one) that is refused even where an entry would allow it.
+#[derive(Debug, Clone)]
+pub struct DenyRule {
+    pub url: String,
+    pub pattern: RegistryPattern,
+    /// Shown to the user who is denied.
+    pub reason: Option<String>,
+}
+
+/// A namespace name or glob (`prod-*`, `team-?`).
+#[derive(Debug, Clone)]
+pub struct NamespacePattern {
+    text: String,
+    glob: WildMatch,
+}
+
+impl NamespacePattern {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let literal = text.replace(['*', '?'], "a");
+        if text.is_empty() || text.len() > 63 || !document::is_dns_label(&literal) && text != "*" {
+            return Err(format!(
+                "{text:?} is not a namespace name or glob (lower-case letters, digits, -, * and ?)"
+            ));
+        }
+        Ok(NamespacePattern {
+            text: text.to_owned(),
+            glob: WildMatch::new(text),
+        })
+    }
+
+    pub fn matches(&self, namespace: &str) -> bool {
+        self.glob.matches(namespace)
+    }
+}
+
+impl fmt::Display for NamespacePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// A validated, compiled policy.
+#[derive(Debug)]
+pub struct Policy {
+    pub mode: Mode,
+    /// Where images without a registry host (`nginx`, `acme/app`) are pulled from.
+    pub short_name_host: HostPattern,
+    pub exempt_namespaces: Vec<NamespacePattern>,
+    pub registries: Vec<Registry>,
+    pub deny: Vec<DenyRule>,
+    allow_index: Index,
+    deny_index: Index,
+}
+
+/// The verdict on one image.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision<'p> {
+    /// The most specific matching entry, whose pull secret belongs on the Pod.
+    Allowed(&'p Registry),
+    Denied(Denial<'p>),
+}
+
+/// Why an image was denied.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Denial<'p> {
+    /// The image string is not a reference the runtime would pull.
+    InvalidReference(ParseError),
+    /// No entry covers the image's registry and path.
+    Unregistered,
+    /// The most specific entry does not admit this namespace.
+    NamespaceNotAllowed(&'p Registry),
+    /// A deny rule covers the image.
+    DenyListed(&'p DenyRule),
+}
+
+impl PartialEq for Registry {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl PartialEq for DenyRule {
+    fn eq(&self, other: &Self) -> bool {
+        self.pattern == other.pattern
+    }
+}
+
+impl Policy {
+    /// Parses, validates and compiles a policy document (YAML or JSON).
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        document::parse(text)
+    }
+
+    fn assemble(
+        mode: Mode,
+        short_name_host: HostPattern,
+        exempt_namespaces: Vec<NamespacePattern>,
+        registries: Vec<Registry>,
+        deny: Vec<DenyRule>,
+    ) -> Self {
+        let allow_index = Index::build(registries.iter().map(|r| &r.pattern));
+        let deny_index = Index::build(deny.iter().map(|d| &d.pattern));
+        Policy {
+            mode,
+            short_name_host,
+            exempt_namespaces,
+            registries,
+            deny,
+            allow_index,
+            deny_index,
+        }
+    }
+
+    /// Whether objects in this namespace are admitted without looking at their images.
+    pub fn is_exempt(&self, namespace: &str) -> bool {
+        self.exempt_namespaces.iter().any(|p| p.matches(namespace))
+    }
+
+    /// Decides one parsed image for a namespace. Deny rules win over every entry; otherwise the
+    /// most specific entry decides, including its namespace scope, so that a narrow entry
+    /// scoped to some namespaces keeps the others out of that part of the registry.
+    pub fn decide<'p>(&'p self, image: &Reference<'_>, namespace: &str) -> Decision<'p> {
+        let host = if image.is_short_name() {
+            self.short_name_host.key()
+        } else {
+            image.domain()
+        };
+        let Some(key) = ImageKey::new(host, image.path().parts()) else {
+            return Decision::Denied(Denial::Unregistered);
+        };
+        if !self.deny_index.is_empty() {
+            if let Some(rule) = self.deny_index.lookup(key.host(), key.path()) {
+                return Decision::Denied(Denial::DenyListed(&self.deny[rule]));
+            }
+        }
+        match self.allow_index.lookup(key.host(), key.path()) {
+            Some(entry) => {
+                let registry = &self.registries[entry];
+                if registry.admits_namespace(namespace) {
+                    Decision::Allowed(registry)
+                } else {
+                    Decision::Denied(Denial::NamespaceNotAllowed(registry))
+                }
+            }
+            None => Decision::Denied(Denial::Unregistered),
+        }
+    }
+
+    /// Parses and decides one image string.
+    pub fn check<'p, 'i>(
+        &'p self,
+        image: &'i str,
+        namespace: &str,
+    ) -> (Option<Reference<'i>>, Decision<'p>) {
+        match Reference::parse(image) {
+            Ok(reference) => {
+                let decision = self.decide(&reference, namespace);
+                (Some(reference), decision)
+            }
+            Err(e) => (None, Decision::Denied(Denial::InvalidReference(e))),
+        }
+    }
+
+    /// The message a denied user reads: what is wrong, and what would be allowed.
+    pub fn denial_message(
+        &self,
+        reference: Option<&Reference<'_>>,
+        denial: &Denial<'_>,
+        namespace: &str,
+    ) -> String {
+        let name = reference.map(|r| r.name().to_string()).unwrap_or_default();
+        match denial {
+            Denial::InvalidReference(e) => format!("invalid image reference: {e} ({})", e.hint()),
+            Denial::Unregistered => {
+                let hint = reference
+                    .map(|r| self.hint(r, namespace))
+                    .unwrap_or_default();
+                format!("{name} is not in any registered registry; {hint}")
+            }
+            Denial::NamespaceNotAllowed(registry) => {
+                let admitted: Vec<String> = registry
+                    .namespaces
+                    .iter()
+                    .flatten()
+                    .map(ToString::to_string)
+                    .collect();
+                format!(
+                    "registry {:?} ({}) may not be used in namespace {namespace:?}; it admits namespaces {}",
+                    registry.name,
+                    registry.url,
+                    admitted.join(", ")
+                )
+            }
+            Denial::DenyListed(rule) => match &rule.reason {
+                Some(reason) => format!("{name} is denied by policy ({}): {reason}", rule.url),
+                None => format!("{name} is denied by policy ({})", rule.url),
+            },
+        }
+    }
+
+    /// For a denied user: the registered URLs on the image's host, or on any host when there
+    /// are none there. Off the hot path; it scans the entries.
+    pub fn hint(&self, image: &Reference<'_>, namespace: &str) -> String {
+        let host = if image.is_short_name() {
+            self.short_name_host.key()
+        } else {
+            image.domain()
+        };
+        let Some(key) = ImageKey::new(host, ("", "")) else {
+            return "no registry is registered for that host".into();
+        };
+        let admitted = self
+            .registries
+            .iter()
+            .filter(|r| r.admits_namespace(namespace));
+        let same_host: Vec<&str> = admitted
+            .clone()
+            .filter(|r| r.pattern.host.matches(key.host()))
+            .map(|r| r.url.as_str())
+            .take(5)
+            .collect();
+        if !same_host.is_empty() {
+            return format!("registered on {}: {}", key.host(), same_host.join(", "));
+        }
+        let any: Vec<&str> = admitted.map(|r| r.url.as_str()).take(5).collect();
+        if any.is_empty() {
+            format!(
+                "no registry is registered for {} or for namespace {namespace:?}",
+                key.host()
+            )
+        } else {
+            format!(
+                "no registry is registered for {}; registered: {}",
+                key.host(),
+                any.join(", ")
+            )
+        }
+    }
+}

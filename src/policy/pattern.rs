@@ -1,0 +1,348 @@
+//! Registry URLs as the matcher compares them: a canonical host (maybe with wildcard labels) and a
+//! repository path prefix.
+//!
+//! Policy hosts and image hosts go through the same [`canonical_host`], so the two can never
+//! disagree about case, `:443` or Docker Hub's aliases.
+
+use std::fmt;
+
+use crate::image::grammar;
+
+/// Room for the longest host the matcher needs to look at: a 253-character DNS name with a port.
+pub const HOST_BUF_LEN: usize = 272;
+/// Deepest path prefix a policy entry may name; depths are kept as bits of a `u64`.
+pub const MAX_PATH_DEPTH: usize = 63;
+/// A wildcard entry must fix at least this many labels: `*.azurecr.io`, never `*.io`.
+const MIN_FIXED_LABELS: usize = 2;
+/// Hosts that are Docker Hub under another name.
+const DOCKER_HUB_ALIASES: [&str; 2] = ["index.docker.io", "registry-1.docker.io"];
+
+/// Writes the canonical form of a registry host into `buf`: ASCII lower case, without `:443`
+/// (the same HTTPS endpoint as no port), with Docker Hub's aliases folded into `docker.io`.
+/// `None` when the host is too long to be any policy's host.
+pub fn canonical_host<'b>(host: &str, buf: &'b mut [u8; HOST_BUF_LEN]) -> Option<&'b str> {
+    let bytes = host.as_bytes();
+    let target = buf.get_mut(..bytes.len())?;
+    for (to, from) in target.iter_mut().zip(bytes) {
+        *to = from.to_ascii_lowercase();
+    }
+    let mut len = bytes.len();
+    if buf[..len].ends_with(b":443") {
+        len -= 4;
+    }
+    if DOCKER_HUB_ALIASES
+        .iter()
+        .any(|alias| alias.as_bytes() == &buf[..len])
+    {
+        let hub = crate::image::DOCKER_HUB.as_bytes();
+        buf[..hub.len()].copy_from_slice(hub);
+        len = hub.len();
+    }
+    std::str::from_utf8(&buf[..len]).ok()
+}
+
+/// A policy entry's host: exact (`ghcr.io`, `registry.local:5000`, `[::1]:5000`) or with
+/// wildcard labels (`*.azurecr.io`), each `*` standing for exactly one DNS label.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPattern {
+    /// Canonical `name[:port]`, with `*` labels as written: the matcher's hash key.
+    key: Box<str>,
+    /// Length of the name part of `key`, before any `:port`.
+    name_len: usize,
+    /// Bit `i` is set when label `i`, counted from the right (the TLD is 0), is a wildcard.
+    wildcards: u64,
+    labels: usize,
+}
+
+impl HostPattern {
+    fn parse(host: &str) -> Result<Self, String> {
+        if host.is_empty() || host == "*" {
+            return Err(
+                "names no registry host; an entry that allows every registry is not allowed".into(),
+            );
+        }
+        let mut buf = [0; HOST_BUF_LEN];
+        let key =
+            canonical_host(host, &mut buf).ok_or("is longer than any registry host can be")?;
+        let is_ipv6 = key.starts_with('[');
+        let name_len = if is_ipv6 {
+            key.find(']').map_or(key.len(), |end| end + 1)
+        } else {
+            key.find(':').unwrap_or(key.len())
+        };
+        let (name, port) = key.split_at(name_len);
+        if !port.is_empty() {
+            let digits = &port[1..];
+            if !digits.bytes().all(|b| b.is_ascii_digit())
+                || !digits.parse::<u16>().is_ok_and(|p| p > 0)
+            {
+                return Err(format!(
+                    "has port {digits:?}, which is not a port number (1-65535)"
+                ));
+            }
+        }
+        let labels: Vec<&str> = if is_ipv6 {
+            vec![name]
+        } else {
+            name.split('.').collect()
+        };
+        let mut wildcards = 0u64;
+        for (from_right, label) in labels.iter().rev().enumerate() {
+            if *label == "*" {
+                if from_right >= 64 {
+                    return Err("has too many labels".into());
+                }
+                wildcards |= 1 << from_right;
+            } else if label.contains('*') {
+                return Err(format!(
+                    "has {label:?}: a wildcard must be a whole label, as in *.example.com"
+                ));
+            }
+        }
+        let fixed = labels.len() - wildcards.count_ones() as usize;
+        if wildcards != 0 && fixed < MIN_FIXED_LABELS {
+            return Err(format!(
+                "is too broad: a wildcard host must fix at least {MIN_FIXED_LABELS} labels, as in *.azurecr.io"
+            ));
+        }
+        // Check the shape with each wildcard standing in for a one-letter label.
+        let as_host = key.replace('*', "x");
+        if !grammar::is_domain_and_port(&as_host) {
+            return Err("is not a valid host name[:port]".into());
+        }
+        Ok(HostPattern {
+            key: key.into(),
+            name_len,
+            wildcards,
+            labels: labels.len(),
+        })
+    }
+
+    /// Whether a canonical host is this one, or fits this wildcard.
+    pub fn matches(&self, host: &str) -> bool {
+        if !self.is_wildcard() {
+            return *self.key == *host;
+        }
+        let mut buf = [0; HOST_BUF_LEN];
+        self.shape().mask(host, &mut buf) == Some(&*self.key)
+    }
+
+    /// The canonical `name[:port]`.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The host name without its port.
+    pub fn name(&self) -> &str {
+        &self.key[..self.name_len]
+    }
+
+    pub fn is_wildcard(&self) -> bool {
+        self.wildcards != 0
+    }
+
+    /// Which labels are wildcards, and how many labels there are: hosts of one shape share a
+    /// lookup in the matcher.
+    pub fn shape(&self) -> WildcardShape {
+        WildcardShape {
+            labels: self.labels,
+            wildcards: self.wildcards,
+        }
+    }
+}
+
+/// The positions of a wildcard host's `*` labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WildcardShape {
+    labels: usize,
+    wildcards: u64,
+}
+
+impl WildcardShape {
+    /// More specific shapes first: fewer wildcards, then wildcards further left (`*.b.example.com`
+    /// before `a.*.example.com`). Exact hosts come before every wildcard shape.
+    pub fn specificity(&self) -> (u32, std::cmp::Reverse<u64>) {
+        (
+            self.wildcards.count_ones(),
+            std::cmp::Reverse(self.wildcards),
+        )
+    }
+
+    /// Writes `host` (canonical) with this shape's labels replaced by `*`, or `None` when the
+    /// host has another number of labels.
+    pub fn mask<'b>(&self, host: &str, buf: &'b mut [u8; HOST_BUF_LEN]) -> Option<&'b str> {
+        if host.starts_with('[') {
+            return None;
+        }
+        let (name, port) = host.split_at(host.find(':').unwrap_or(host.len()));
+        if name.bytes().filter(|&b| b == b'.').count() + 1 != self.labels {
+            return None;
+        }
+        let mut len = 0;
+        for (from_left, label) in name.split('.').enumerate() {
+            if from_left > 0 {
+                buf[len] = b'.';
+                len += 1;
+            }
+            let from_right = self.labels - 1 - from_left;
+            let text = if self.wildcards & (1 << from_right) != 0 {
+                "*"
+            } else {
+                label
+            };
+            buf[len..len + text.len()].copy_from_slice(text.as_bytes());
+            len += text.len();
+        }
+        buf[len..len + port.len()].copy_from_slice(port.as_bytes());
+        len += port.len();
+        std::str::from_utf8(&buf[..len]).ok()
+    }
+
+    /// Whether a canonical host has this shape's label count (cheap pre-check before `mask`).
+    pub fn label_count(&self) -> usize {
+        self.labels
+    }
+}
+
+/// A policy URL: host pattern plus repository path prefix (`ghcr.io/acme` covers
+/// `ghcr.io/acme/...`, never `ghcr.io/acme-evil/...`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RegistryPattern {
+    pub host: HostPattern,
+    /// Path prefix without leading or trailing `/`; empty for the whole host.
+    pub path: Box<str>,
+}
+
+impl RegistryPattern {
+    /// Parses a policy `url`; the error says what is wrong with it.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if url.trim().is_empty() {
+            return Err("is empty; an entry that allows every registry is not allowed".into());
+        }
+        if url.chars().any(char::is_whitespace) {
+            return Err("contains white space".into());
+        }
+        let without_scheme = ["https://", "http://"]
+            .iter()
+            .find_map(|scheme| {
+                url.get(..scheme.len())
+                    .filter(|s| s.eq_ignore_ascii_case(scheme))
+                    .map(|s| &url[s.len()..])
+            })
+            .unwrap_or(url);
+        if without_scheme.contains("://") {
+            return Err("has a scheme other than https:// or http://".into());
+        }
+        let trimmed = without_scheme.strip_suffix('/').unwrap_or(without_scheme);
+        let (host, path) = trimmed.split_once('/').unwrap_or((trimmed, ""));
+        let host = HostPattern::parse(host)?;
+        if !path.is_empty() {
+            if path.contains('*') {
+                return Err("has a wildcard in its path; a path is a prefix already, so ghcr.io/acme covers ghcr.io/acme/*".into());
+            }
+            if path.bytes().any(|b| b.is_ascii_uppercase()) {
+                return Err("has upper case in its path; repository paths are lower case".into());
+            }
+            if !grammar::is_remote_name(path) {
+                return Err(format!(
+                    "has path {path:?}, which is not a repository path (lower-case components separated by /)"
+                ));
+            }
+            if path.split('/').count() > MAX_PATH_DEPTH {
+                return Err(format!(
+                    "has a path deeper than {MAX_PATH_DEPTH} components"
+                ));
+            }
+        }
+        Ok(RegistryPattern {
+            host,
+            path: path.into(),
+        })
+    }
+
+    /// Number of path components (0 for the whole host).
+    pub fn depth(&self) -> usize {
+        if self.path.is_empty() {
+            0
+        } else {
+            self.path.split('/').count()
+        }
+    }
+}
+
+impl fmt::Display for RegistryPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.host.key())?;
+        if !self.path.is_empty() {
+            write!(f, "/{}", self.path)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canonical(url: &str) -> String {
+        RegistryPattern::parse(url)
+            .map(|p| p.to_string())
+            .unwrap_or_else(|e| format!("error: {e}"))
+    }
+
+    #[test]
+    fn urls_are_canonical() {
+        assert_eq!(canonical("https://GHCR.io/acme/"), "ghcr.io/acme");
+        assert_eq!(
+            canonical("registry.example.com:443/team"),
+            "registry.example.com/team"
+        );
+        assert_eq!(canonical("index.docker.io/library"), "docker.io/library");
+        assert_eq!(canonical("registry-1.docker.io"), "docker.io");
+        assert_eq!(canonical("[::1]:5000/x"), "[::1]:5000/x");
+        assert_eq!(canonical("*.AzureCR.io"), "*.azurecr.io");
+    }
+
+    #[test]
+    fn allow_everything_entries_are_refused() {
+        for url in [
+            "",
+            " ",
+            "*",
+            "https://",
+            "*/",
+            "*.io",
+            "*.*.com",
+            "foo*.com",
+            "ghcr.io/*",
+            "a b.com",
+        ] {
+            assert!(
+                RegistryPattern::parse(url).is_err(),
+                "{url:?} must be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn masks_put_wildcards_where_the_shape_has_them() {
+        let shape = RegistryPattern::parse("*.azurecr.io")
+            .expect("valid")
+            .host
+            .shape();
+        let mut buf = [0; HOST_BUF_LEN];
+        assert_eq!(
+            shape.mask("acme.azurecr.io", &mut buf),
+            Some("*.azurecr.io")
+        );
+        assert_eq!(shape.mask("a.b.azurecr.io", &mut buf), None);
+        let ported = RegistryPattern::parse("*.corp.example:5000")
+            .expect("valid")
+            .host
+            .shape();
+        assert_eq!(
+            ported.mask("reg.corp.example:5000", &mut buf),
+            Some("*.corp.example:5000")
+        );
+    }
+}

@@ -1,0 +1,154 @@
+//! The policy as admins meet it: the bundled examples, the published JSON Schema, and the errors
+//! a broken policy gets.
+
+use registry_gate::policy::{Policy, RegistryType};
+
+fn repo_file(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+const EXAMPLES: [&str; 2] = ["policy/example-all-types.yaml", "policy/default.yaml"];
+
+#[test]
+fn bundled_examples_are_valid() {
+    for path in EXAMPLES {
+        let policy = Policy::parse(&repo_file(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(!policy.registries.is_empty(), "{path}");
+    }
+}
+
+#[test]
+fn the_full_example_covers_every_registry_type() {
+    let policy = Policy::parse(&repo_file(EXAMPLES[0])).expect("valid example");
+    for registry_type in RegistryType::ALL {
+        assert!(
+            policy
+                .registries
+                .iter()
+                .any(|r| r.registry_type == registry_type),
+            "the full example has no {registry_type} registry"
+        );
+    }
+}
+
+fn schema() -> jsonschema::Validator {
+    let schema: serde_json::Value =
+        serde_json::from_str(&repo_file("policy/schema.json")).expect("schema is JSON");
+    jsonschema::validator_for(&schema).expect("schema compiles")
+}
+
+fn as_json(yaml: &str) -> serde_json::Value {
+    registry_gate::yaml::parse_documents(yaml).expect("YAML")[0].to_json()
+}
+
+#[test]
+fn examples_fit_the_published_schema() {
+    let schema = schema();
+    for path in EXAMPLES {
+        let document = as_json(&repo_file(path));
+        let errors: Vec<String> = schema
+            .iter_errors(&document)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{path}: {errors:?}");
+    }
+}
+
+#[test]
+fn schema_lists_exactly_the_registry_types() {
+    let schema: serde_json::Value =
+        serde_json::from_str(&repo_file("policy/schema.json")).expect("schema is JSON");
+    let listed: Vec<&str> = schema["$defs"]["registry"]["properties"]["type"]["enum"]
+        .as_array()
+        .expect("an enum")
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
+    let known: Vec<&str> = RegistryType::ALL.iter().map(|t| t.name()).collect();
+    assert_eq!(listed, known);
+}
+
+const BROKEN: &str = r#"apiVersion: registry-gate.io/v1
+kind: RegistryPolicy
+mode: enforcing
+registries:
+  - name: team-ghcr
+    type: GHCR
+    url: ghcr.io/acme
+  - name: team-ghcr
+    type: ghcr
+    url: ghcr.io/acme
+  - name: wide-open
+    type: Generic
+    url: "*"
+  - name: wrong-ecr
+    type: ECR
+    url: 123456789012.dkr.ecr.us-east-1.amazonaws.co
+  - name: anonymous
+    type: Public
+    url: quay.io/public
+    pullSecret: should-not-be-here
+  - name: typo
+    type: Quay
+    url: quay.io/acme
+    pullsecret: quay-robot
+    namespaces: []
+"#;
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_line() {
+    let error = Policy::parse(BROKEN).expect_err("the policy is broken");
+    let found: Vec<(String, Option<usize>)> = error
+        .problems
+        .iter()
+        .map(|p| (p.field.clone(), p.line))
+        .collect();
+    let expected = [
+        ("mode", 3),
+        ("registries[1].type", 9),
+        ("registries[2].url", 13),
+        ("registries[3].url", 16),
+        ("registries[4].pullSecret", 20),
+        ("registries[5].pullsecret", 24),
+        ("registries[5].namespaces", 25),
+        ("registries[1].name", 8),
+    ];
+    for (field, line) in expected {
+        assert!(
+            found.contains(&(field.to_owned(), Some(line))),
+            "missing {field} at line {line} in {found:?}"
+        );
+    }
+    let text = error.to_string();
+    assert!(text.contains("did you mean \"GHCR\""), "{text}");
+    assert!(text.contains("did you mean \"pullSecret\""), "{text}");
+    assert!(text.contains("does not fit type ECR"), "{text}");
+    // The duplicate URL of registries[1] is refused too, even though its type is misspelled.
+    let schema = schema();
+    assert!(
+        !schema.is_valid(&as_json(BROKEN)),
+        "the schema refuses it as well"
+    );
+}
+
+#[test]
+fn allow_everything_urls_are_refused() {
+    for url in ["\"\"", "\"*\"", "\"  \"", "\"https://*\"", "\"*.io\""] {
+        let text = format!(
+            "apiVersion: registry-gate.io/v1\nkind: RegistryPolicy\nregistries:\n  - name: a\n    type: Generic\n    url: {url}\n"
+        );
+        let error = Policy::parse(&text).expect_err(url);
+        assert_eq!(
+            error.problems[0].field, "registries[0].url",
+            "{url}: {error}"
+        );
+    }
+}
+
+#[test]
+fn not_yaml_is_one_clear_problem() {
+    let error = Policy::parse("registries: [\n").expect_err("unclosed");
+    assert_eq!(error.problems.len(), 1);
+    assert!(error.to_string().contains("not valid YAML"), "{error}");
+}

@@ -1,1 +1,162 @@
-fn main() {}
+//! Per-image decision cost (parse + match) at 10 to 100,000 registries, against two baselines
+//! measured in the same run: a linear scan of string prefixes (what a Gatekeeper
+//! `k8sallowedrepos` policy does) and one regex per entry. Also: how long a policy takes to
+//! parse, validate and compile.
+//!
+//! Run: `cargo bench --bench decision`. Figures are in benches/RESULTS.md.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use registry_gate::image::Reference;
+use registry_gate::policy::{Decision, Policy};
+
+const SIZES: [usize; 4] = [10, 1_000, 10_000, 100_000];
+/// The regex baseline takes minutes to build beyond this size.
+const REGEX_MAX_SIZE: usize = 10_000;
+
+/// A policy of `size` registries shaped like a large organization's: many GHCR owners, ECR
+/// accounts, self-hosted registries with ports and Harbor projects, plus the usual fixed entries.
+fn policy_text(size: usize) -> String {
+    let mut text = String::from(
+        "apiVersion: registry-gate.io/v1\nkind: RegistryPolicy\nregistries:\n\
+         - {name: hub, type: Public, url: docker.io/library}\n\
+         - {name: acr, type: ACR, url: \"*.azurecr.io\", pullSecret: acr}\n",
+    );
+    for i in 0..size.saturating_sub(2) {
+        let (kind, url) = entry_url(i);
+        text += &format!("- {{name: r{i}, type: {kind}, url: \"{url}\", pullSecret: s{i}}}\n");
+    }
+    text += "deny:\n- {url: docker.io/library/busybox}\n";
+    text
+}
+
+fn entry_url(i: usize) -> (&'static str, String) {
+    match i % 4 {
+        0 => ("GHCR", format!("ghcr.io/org{i}")),
+        1 => ("ECR", format!("{:012}.dkr.ecr.us-east-1.amazonaws.com", i)),
+        2 => ("Generic", format!("registry{i}.corp.example:5000")),
+        _ => ("Harbor", format!("harbor.corp.example/team{i}")),
+    }
+}
+
+/// A realistic mix: allowed images from entries spread over the policy, Docker Hub short names,
+/// digests, and denied images (unregistered hosts, look-alike owners, a deny-listed image).
+fn images(size: usize) -> Vec<String> {
+    let digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let mut images = vec![
+        "nginx".to_owned(),
+        "nginx:1.27".to_owned(),
+        format!("docker.io/library/redis@{digest}"),
+        "busybox:1.36".to_owned(),
+        "acme.azurecr.io/api:v2".to_owned(),
+        "quay.io/unknown/app:1".to_owned(),
+        "evil.example.com/miner".to_owned(),
+    ];
+    let entries = size.saturating_sub(2).max(1);
+    for k in 0..25 {
+        let i = (k * 7919) % entries;
+        let image = match i % 4 {
+            0 => format!("ghcr.io/org{i}/service-{k}:1.{k}"),
+            1 => format!("{:012}.dkr.ecr.us-east-1.amazonaws.com/app@{digest}", i),
+            2 => format!("registry{i}.corp.example:5000/team/app:{k}"),
+            _ => format!("harbor.corp.example/team{i}/job:latest"),
+        };
+        images.push(image);
+        if k % 3 == 0 {
+            images.push(format!("ghcr.io/org{i}-evil/app:1"));
+        }
+    }
+    images
+}
+
+/// Gatekeeper-style: allowed when the image string starts with a listed prefix.
+struct PrefixScan(Vec<String>);
+
+impl PrefixScan {
+    fn new(size: usize) -> Self {
+        let mut prefixes = vec!["docker.io/library/".to_owned()];
+        prefixes.extend((0..size.saturating_sub(2)).map(|i| format!("{}/", entry_url(i).1)));
+        PrefixScan(prefixes)
+    }
+
+    fn allows(&self, image: &str) -> bool {
+        self.0.iter().any(|prefix| image.starts_with(prefix.as_str()))
+    }
+}
+
+/// One anchored regex per entry, tried in turn.
+struct RegexScan(Vec<regex::Regex>);
+
+impl RegexScan {
+    fn new(size: usize) -> Self {
+        let mut urls = vec!["docker.io/library".to_owned()];
+        urls.extend((0..size.saturating_sub(2)).map(|i| entry_url(i).1));
+        let regexes = urls
+            .iter()
+            .map(|url| regex::Regex::new(&format!("^{}(/|:|@|$)", regex::escape(url))).expect("valid regex"))
+            .collect();
+        RegexScan(regexes)
+    }
+
+    fn allows(&self, image: &str) -> bool {
+        self.0.iter().any(|re| re.is_match(image))
+    }
+}
+
+fn decide(policy: &Policy, image: &str) -> bool {
+    match Reference::parse(image) {
+        Ok(reference) => matches!(policy.decide(&reference, "default"), Decision::Allowed(_)),
+        Err(_) => false,
+    }
+}
+
+/// Cycles through the images, one per iteration, so each figure is the cost of one image.
+fn per_image(images: &[String], mut decide: impl FnMut(&str) -> bool) -> impl FnMut() -> bool {
+    let mut next = 0;
+    move || {
+        next = (next + 1) % images.len();
+        decide(black_box(&images[next]))
+    }
+}
+
+fn bench_decisions(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decision per image");
+    for size in SIZES {
+        let policy = Policy::parse(&policy_text(size)).expect("valid policy");
+        let images = images(size);
+        group.bench_with_input(BenchmarkId::new("registry-gate", size), &size, |b, _| {
+            b.iter(per_image(&images, |image| decide(&policy, image)))
+        });
+        let prefixes = PrefixScan::new(size);
+        group.bench_with_input(BenchmarkId::new("prefix-scan", size), &size, |b, _| {
+            b.iter(per_image(&images, |image| prefixes.allows(image)))
+        });
+        if size <= REGEX_MAX_SIZE {
+            let regexes = RegexScan::new(size);
+            group.bench_with_input(BenchmarkId::new("regex-per-entry", size), &size, |b, _| {
+                b.iter(per_image(&images, |image| regexes.allows(image)))
+            });
+        }
+    }
+    group.finish();
+}
+
+fn bench_compile(c: &mut Criterion) {
+    let mut group = c.benchmark_group("policy load (parse, validate, compile)");
+    group.sample_size(20);
+    for size in [1_000, 10_000] {
+        let text = policy_text(size);
+        group.bench_with_input(BenchmarkId::from_parameter(size), &text, |b, text| {
+            b.iter(|| Policy::parse(black_box(text)).expect("valid policy"))
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(50).measurement_time(std::time::Duration::from_secs(3)).warm_up_time(std::time::Duration::from_secs(1));
+    targets = bench_decisions, bench_compile
+}
+criterion_main!(benches);

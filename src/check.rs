@@ -58,11 +58,7 @@ pub enum ManifestError {
     NoKind { document: usize, line: usize },
     /// The object's Pod spec does not have the shape Kubernetes gives it.
     #[error("{object} (line {line}): {source}")]
-    Shape {
-        object: String,
-        line: usize,
-        source: serde_json::Error,
-    },
+    Shape { object: String, line: usize, source: serde_json::Error },
 }
 
 /// Checks one image string as if it sat in a Pod in `namespace`.
@@ -128,17 +124,10 @@ pub fn check_manifests(
             continue; // an empty document, as between two `---`
         }
         let items = match object.get("kind").and_then(|k| k.as_str()) {
-            Some("List") => object
-                .get("items")
-                .and_then(|i| i.as_array())
-                .cloned()
-                .unwrap_or_default(),
+            Some("List") => object.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default(),
             Some(_) => vec![object],
             None => {
-                return Err(ManifestError::NoKind {
-                    document: index + 1,
-                    line: document.line,
-                });
+                return Err(ManifestError::NoKind { document: index + 1, line: document.line });
             }
         };
         for item in &items {
@@ -155,10 +144,7 @@ fn check_object(
     line: usize,
     reports: &mut Vec<ImageReport>,
 ) -> Result<(), ManifestError> {
-    let kind_name = object
-        .get("kind")
-        .and_then(|k| k.as_str())
-        .unwrap_or_default();
+    let kind_name = object.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
     let Some(kind) = WorkloadKind::of(kind_name) else {
         return Ok(());
     };
@@ -166,13 +152,11 @@ fn check_object(
     let field = |name: &str| metadata.and_then(|m| m.get(name)).and_then(|v| v.as_str());
     let label = format!("{kind_name}/{}", field("name").unwrap_or("(unnamed)"));
     let namespace = field("namespace").unwrap_or(default_namespace);
-    let spec = kind
-        .pod_spec(object)
-        .map_err(|source| ManifestError::Shape {
-            object: label.clone(),
-            line,
-            source,
-        })?;
+    let spec = kind.pod_spec(object).map_err(|source| ManifestError::Shape {
+        object: label.clone(),
+        line,
+        source,
+    })?;
     for (location, image) in spec.images(kind.spec_path()) {
         let mut report = check_image(policy, image, namespace);
         report.object = Some(label.clone());
@@ -191,36 +175,15 @@ pub fn render_text(reports: &[ImageReport], mode: Mode) -> String {
             _ => String::new(),
         };
         if report.is_allowed() {
-            let registry = report
-                .registry
-                .as_deref()
-                .map(|r| format!(" via {r}"))
-                .unwrap_or_default();
-            let secret = report
-                .pull_secret
-                .as_deref()
-                .map(|s| format!(", pull secret {s}"))
-                .unwrap_or_default();
-            let note = report
-                .reason
-                .as_deref()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default();
-            out.push_str(&format!(
-                "allowed  {}{whereabouts}{registry}{secret}{note}\n",
-                report.image
-            ));
+            let registry = report.registry.as_deref().map(|r| format!(" via {r}")).unwrap_or_default();
+            let secret =
+                report.pull_secret.as_deref().map(|s| format!(", pull secret {s}")).unwrap_or_default();
+            let note = report.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+            out.push_str(&format!("allowed  {}{whereabouts}{registry}{secret}{note}\n", report.image));
         } else {
-            let audit = if mode == Mode::Audit {
-                " [audit mode: admitted with a warning]"
-            } else {
-                ""
-            };
+            let audit = if mode == Mode::Audit { " [audit mode: admitted with a warning]" } else { "" };
             let reason = report.reason.as_deref().unwrap_or_default();
-            out.push_str(&format!(
-                "denied   {}{whereabouts}: {reason}{audit}\n",
-                report.image
-            ));
+            out.push_str(&format!("denied   {}{whereabouts}: {reason}{audit}\n", report.image));
         }
     }
     out

@@ -150,12 +150,19 @@ impl<'a> Reference<'a> {
     /// dropped because the runtime pulls by digest. On top of that it refuses bare image IDs and
     /// references without a registry host.
     pub fn parse(image: &'a str) -> Result<Self, ParseError> {
+        let reference = match Self::parse_docker_ref(image, DigestAlgorithms::ALL) {
+            Ok(reference) => reference,
+            Err(ParseError::Identifier(_)) => return Err(ParseError::ImageId),
+            Err(e) => return Err(e),
+        };
         // `sha256:<hex>` parses as the Docker Hub image `library/sha256` with a tag, but
-        // containerd's `LocalResolve` first tries it as an image ID (as `ParseAnyReference` does).
-        if grammar::is_identifier(image) || digest::validate(image, DigestAlgorithms::ALL).is_ok() {
+        // containerd's `LocalResolve` first tries it as an image ID (as `ParseAnyReference`
+        // does). Only a short name whose repository is an algorithm's name can be one, which
+        // keeps the full digest check off the common path.
+        let algorithm_named = matches!(reference.remote, "sha256" | "sha384" | "sha512");
+        if reference.short_name && algorithm_named && digest::validate(image, DigestAlgorithms::ALL).is_ok() {
             return Err(ParseError::ImageId);
         }
-        let reference = Self::parse_docker_ref(image, DigestAlgorithms::ALL)?;
         if reference.domain.is_empty() {
             return Err(ParseError::NoDomain);
         }
@@ -164,10 +171,7 @@ impl<'a> Reference<'a> {
 
     /// Go's `reference.ParseDockerRef`: [`Reference::parse_normalized`], then `:latest` when
     /// there is neither tag nor digest, and no tag when there is a digest.
-    pub fn parse_docker_ref(
-        image: &'a str,
-        algorithms: DigestAlgorithms,
-    ) -> Result<Self, ParseError> {
+    pub fn parse_docker_ref(image: &'a str, algorithms: DigestAlgorithms) -> Result<Self, ParseError> {
         let mut reference = Self::parse_normalized(image, algorithms)?;
         if reference.digest.is_some() {
             reference.tag = None;
@@ -180,22 +184,15 @@ impl<'a> Reference<'a> {
     /// Go's `reference.ParseNormalizedNamed`, what the kubelet checks `container.image` with:
     /// a default `docker.io` host, `index.docker.io` as `docker.io`, `library/` for official
     /// images, and no default tag.
-    pub fn parse_normalized(
-        image: &'a str,
-        algorithms: DigestAlgorithms,
-    ) -> Result<Self, ParseError> {
+    pub fn parse_normalized(image: &'a str, algorithms: DigestAlgorithms) -> Result<Self, ParseError> {
         if grammar::is_identifier(image) {
             return Err(ParseError::Identifier(image.to_owned()));
         }
         let split = DomainSplit::of(image);
         let remainder = split.remainder;
-        let remote_end = remainder.find(':').unwrap_or(remainder.len());
+        let remote_end = grammar::find_byte(remainder, b':').unwrap_or(remainder.len());
         if grammar::has_upper(&remainder[..remote_end]) {
-            let prefix = if split.official {
-                OFFICIAL_REPO_PREFIX
-            } else {
-                ""
-            };
+            let prefix = if split.official { OFFICIAL_REPO_PREFIX } else { "" };
             return Err(ParseError::RemoteNameUppercase {
                 remote: format!("{prefix}{}", &remainder[..remote_end]),
             });
@@ -221,24 +218,13 @@ impl<'a> Reference<'a> {
             }
         });
         let Some((domain, remote, official, tag, digest)) = parsed else {
-            let prefix = if split.official {
-                OFFICIAL_REPO_PREFIX
-            } else {
-                ""
-            };
+            let prefix = if split.official { OFFICIAL_REPO_PREFIX } else { "" };
             let joined = format!("{}/{prefix}{remainder}", split.domain);
             return Err(Reference::parse_strict(&joined, algorithms)
                 .err()
                 .unwrap_or(ParseError::InvalidFormat));
         };
-        let reference = Reference {
-            domain,
-            remote,
-            official,
-            tag,
-            digest,
-            short_name: split.short_name,
-        };
+        let reference = Reference { domain, remote, official, tag, digest, short_name: split.short_name };
         reference.check_path_and_digest(algorithms)?;
         Ok(reference)
     }
@@ -257,14 +243,7 @@ impl<'a> Reference<'a> {
             return Err(ParseError::InvalidFormat);
         };
         let (domain, remote) = grammar::split_name(name).ok_or(ParseError::InvalidFormat)?;
-        let reference = Reference {
-            domain,
-            remote,
-            official: false,
-            tag,
-            digest,
-            short_name: false,
-        };
+        let reference = Reference { domain, remote, official: false, tag, digest, short_name: false };
         reference.check_path_and_digest(algorithms)?;
         Ok(reference)
     }
@@ -275,14 +254,7 @@ impl<'a> Reference<'a> {
         if remote.len() > PATH_MAX_LEN {
             return Err(ParseError::NameTooLong);
         }
-        Ok(Reference {
-            domain,
-            remote,
-            official: false,
-            tag: None,
-            digest: None,
-            short_name: false,
-        })
+        Ok(Reference { domain, remote, official: false, tag: None, digest: None, short_name: false })
     }
 
     fn check_path_and_digest(&self, algorithms: DigestAlgorithms) -> Result<(), ParseError> {
@@ -308,15 +280,8 @@ impl<'a> Reference<'a> {
 
     /// Repository path, e.g. `library/nginx`.
     pub fn path(&self) -> RepositoryPath<'a> {
-        let prefix = if self.official {
-            OFFICIAL_REPO_PREFIX
-        } else {
-            ""
-        };
-        RepositoryPath {
-            prefix,
-            rest: self.remote,
-        }
+        let prefix = if self.official { OFFICIAL_REPO_PREFIX } else { "" };
+        RepositoryPath { prefix, rest: self.remote }
     }
 
     pub fn tag(&self) -> Option<&'a str> {
@@ -379,13 +344,13 @@ impl<'a> DomainSplit<'a> {
         let hub = |remainder: &'a str, short_name: bool| DomainSplit {
             domain: DOCKER_HUB,
             remainder,
-            official: !remainder.contains('/'),
+            official: grammar::find_byte(remainder, b'/').is_none(),
             domain_is_verbatim: false,
             short_name,
         };
         // A single component is always a Docker Hub name, never a host: `localhost:5000` is
         // `docker.io/library/localhost:5000`, the image `localhost` with tag `5000`.
-        let Some((first, rest)) = image.split_once('/') else {
+        let Some((first, rest)) = grammar::split_at_byte(image, b'/') else {
             return hub(image, true);
         };
         if first == LEGACY_DOCKER_HUB {
@@ -393,11 +358,12 @@ impl<'a> DomainSplit<'a> {
         }
         // A first component is a host if it looks like one (a dot or a port), is `localhost`, or
         // has upper case (which a repository path cannot have).
-        if first == "localhost" || first.contains(['.', ':']) || grammar::has_upper(first) {
+        let looks_like_host = first.bytes().any(|b| b == b'.' || b == b':');
+        if first == "localhost" || looks_like_host || grammar::has_upper(first) {
             return DomainSplit {
                 domain: first,
                 remainder: rest,
-                official: first == DOCKER_HUB && !rest.contains('/'),
+                official: first == DOCKER_HUB && grammar::find_byte(rest, b'/').is_none(),
                 domain_is_verbatim: true,
                 short_name: false,
             };
@@ -412,18 +378,13 @@ mod tests {
     use proptest::prelude::*;
 
     fn docker_ref(image: &str) -> String {
-        Reference::parse(image)
-            .map(|r| r.to_string())
-            .unwrap_or_else(|e| format!("error: {e}"))
+        Reference::parse(image).map(|r| r.to_string()).unwrap_or_else(|e| format!("error: {e}"))
     }
 
     #[test]
     fn short_names_are_official_docker_hub_images() {
         assert_eq!(docker_ref("nginx"), "docker.io/library/nginx:latest");
-        assert_eq!(
-            docker_ref("index.docker.io/nginx:1.27"),
-            "docker.io/library/nginx:1.27"
-        );
+        assert_eq!(docker_ref("index.docker.io/nginx:1.27"), "docker.io/library/nginx:1.27");
         assert_eq!(docker_ref("acme/api"), "docker.io/acme/api:latest");
     }
 
@@ -439,31 +400,20 @@ mod tests {
     fn image_ids_are_refused() {
         let hex = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
         assert_eq!(Reference::parse(hex), Err(ParseError::ImageId));
-        assert_eq!(
-            Reference::parse(&format!("sha256:{hex}")),
-            Err(ParseError::ImageId)
-        );
+        assert_eq!(Reference::parse(&format!("sha256:{hex}")), Err(ParseError::ImageId));
         // The same string is a valid Docker Hub reference to Go, which is exactly the danger.
-        assert!(
-            Reference::parse_docker_ref(&format!("sha256:{hex}"), DigestAlgorithms::ALL).is_ok()
-        );
+        assert!(Reference::parse_docker_ref(&format!("sha256:{hex}"), DigestAlgorithms::ALL).is_ok());
     }
 
     #[test]
     fn a_name_without_a_valid_host_is_refused() {
-        assert_eq!(
-            Reference::parse("foo_bar.com/app"),
-            Err(ParseError::NoDomain)
-        );
+        assert_eq!(Reference::parse("foo_bar.com/app"), Err(ParseError::NoDomain));
     }
 
     #[test]
     fn upper_case_first_component_is_a_host() {
         let reference = Reference::parse("GHCR.io/acme/api").expect("valid");
-        assert_eq!(
-            (reference.domain(), reference.path().to_string()),
-            ("GHCR.io", "acme/api".to_owned())
-        );
+        assert_eq!((reference.domain(), reference.path().to_string()), ("GHCR.io", "acme/api".to_owned()));
     }
 
     fn image_like() -> impl Strategy<Value = String> {
@@ -502,7 +452,7 @@ mod tests {
                 return Ok(());
             }
             let split = DomainSplit::of(&image);
-            let remote_end = split.remainder.find(':').unwrap_or(split.remainder.len());
+            let remote_end = grammar::find_byte(split.remainder, b':').unwrap_or(split.remainder.len());
             if grammar::has_upper(&split.remainder[..remote_end]) {
                 let is_uppercase_error = matches!(fast, Err(ParseError::RemoteNameUppercase { .. }));
                 prop_assert!(is_uppercase_error);

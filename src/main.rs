@@ -64,16 +64,10 @@ const EXIT_ERROR: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check {
-            policy,
-            namespace,
-            output,
-            manifests,
-            images,
-        } => run_check(&policy, &namespace, output, &manifests, &images),
-        Command::Policy {
-            command: PolicyCommand::Validate { file },
-        } => validate(&file),
+        Command::Check { policy, namespace, output, manifests, images } => {
+            run_check(&policy, &namespace, output, &manifests, &images)
+        }
+        Command::Policy { command: PolicyCommand::Validate { file } } => validate(&file),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
@@ -104,10 +98,8 @@ fn run_check(
         anyhow::bail!("nothing to check: name images, or manifests with -f");
     }
     let policy = load_policy(policy_path)?;
-    let mut reports: Vec<ImageReport> = images
-        .iter()
-        .map(|image| check::check_image(&policy, image, namespace))
-        .collect();
+    let mut reports: Vec<ImageReport> =
+        images.iter().map(|image| check::check_image(&policy, image, namespace)).collect();
     for path in manifests {
         let text = read(path)?;
         let found = check::check_manifests(&policy, &text, namespace)
@@ -118,11 +110,7 @@ fn run_check(
         Output::Text => print!("{}", check::render_text(&reports, policy.mode)),
         Output::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
     }
-    Ok(if reports.iter().all(ImageReport::is_allowed) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if reports.iter().all(ImageReport::is_allowed) { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn validate(path: &Path) -> anyhow::Result<ExitCode> {
@@ -154,11 +142,7 @@ fn validate(path: &Path) -> anyhow::Result<ExitCode> {
             (_, None) => "anonymous".to_owned(),
         };
         let scope = match &registry.namespaces {
-            Some(patterns) => patterns
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
+            Some(patterns) => patterns.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
             None => "all namespaces".to_owned(),
         };
         println!(

@@ -39,13 +39,11 @@ pub struct SyntaxError {
 /// Parses every document of a (possibly multi-document) YAML or JSON text.
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
     let mut builder = TreeBuilder::default();
-    Parser::new_from_str(text)
-        .load(&mut builder, true)
-        .map_err(|e| SyntaxError {
-            line: e.marker().line(),
-            column: e.marker().col() + 1,
-            message: e.info().to_owned(),
-        })?;
+    Parser::new_from_str(text).load(&mut builder, true).map_err(|e| SyntaxError {
+        line: e.marker().line(),
+        column: e.marker().col() + 1,
+        message: e.info().to_owned(),
+    })?;
     Ok(builder.documents)
 }
 
@@ -79,10 +77,7 @@ impl Node {
         match &self.value {
             _ if self.is_null() => Json::Null,
             Value::Scalar { text, quoted: true } => Json::String(text.clone()),
-            Value::Scalar {
-                text,
-                quoted: false,
-            } => match text.as_str() {
+            Value::Scalar { text, quoted: false } => match text.as_str() {
                 "true" | "True" | "TRUE" => Json::Bool(true),
                 "false" | "False" | "FALSE" => Json::Bool(false),
                 _ => text
@@ -100,9 +95,7 @@ impl Node {
             Value::Mapping(entries) => Json::Object(
                 entries
                     .iter()
-                    .map(|(key, value)| {
-                        (key.as_str().unwrap_or_default().to_owned(), value.to_json())
-                    })
+                    .map(|(key, value)| (key.as_str().unwrap_or_default().to_owned(), value.to_json()))
                     .collect(),
             ),
         }
@@ -147,47 +140,24 @@ impl MarkedEventReceiver for TreeBuilder {
         match event {
             Event::Scalar(text, style, anchor, _) => {
                 let quoted = !matches!(style, TScalarStyle::Plain);
-                self.push_value(
-                    Node {
-                        value: Value::Scalar { text, quoted },
-                        line,
-                    },
-                    anchor,
-                );
+                self.push_value(Node { value: Value::Scalar { text, quoted }, line }, anchor);
             }
             Event::SequenceStart(anchor, _) => {
-                self.stack.push((
-                    Node {
-                        value: Value::Sequence(Vec::new()),
-                        line,
-                    },
-                    None,
-                ));
+                self.stack.push((Node { value: Value::Sequence(Vec::new()), line }, None));
                 self.open_anchors.push(anchor);
             }
             Event::MappingStart(anchor, _) => {
-                self.stack.push((
-                    Node {
-                        value: Value::Mapping(Vec::new()),
-                        line,
-                    },
-                    None,
-                ));
+                self.stack.push((Node { value: Value::Mapping(Vec::new()), line }, None));
                 self.open_anchors.push(anchor);
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                if let (Some((node, _)), Some(anchor)) = (self.stack.pop(), self.open_anchors.pop())
-                {
+                if let (Some((node, _)), Some(anchor)) = (self.stack.pop(), self.open_anchors.pop()) {
                     self.push_value(node, anchor);
                 }
             }
             Event::Alias(anchor) => {
-                let target = self
-                    .anchors
-                    .iter()
-                    .rev()
-                    .find(|(id, _)| *id == anchor)
-                    .map(|(_, node)| node.clone());
+                let target =
+                    self.anchors.iter().rev().find(|(id, _)| *id == anchor).map(|(_, node)| node.clone());
                 if let Some(mut node) = target {
                     node.line = line;
                     self.push_value(node, 0);
@@ -208,28 +178,19 @@ mod tests {
 
     #[test]
     fn nodes_remember_their_lines() {
-        let documents =
-            parse_documents("a: 1\nlist:\n  - x\n  - 'y'\n---\nb: true\n").expect("valid YAML");
+        let documents = parse_documents("a: 1\nlist:\n  - x\n  - 'y'\n---\nb: true\n").expect("valid YAML");
         assert_eq!(documents.len(), 2);
-        let Value::Mapping(entries) = &documents[0].value else {
-            panic!("a mapping")
-        };
+        let Value::Mapping(entries) = &documents[0].value else { panic!("a mapping") };
         let (key, list) = &entries[1];
         assert_eq!((key.as_str(), key.line, list.line), (Some("list"), 2, 3));
-        assert_eq!(
-            documents[0].to_json(),
-            serde_json::json!({"a": 1, "list": ["x", "y"]})
-        );
+        assert_eq!(documents[0].to_json(), serde_json::json!({"a": 1, "list": ["x", "y"]}));
         assert_eq!(documents[1].to_json(), serde_json::json!({"b": true}));
     }
 
     #[test]
     fn aliases_copy_their_anchor() {
         let documents = parse_documents("base: &b [x]\ncopy: *b\n").expect("valid YAML");
-        assert_eq!(
-            documents[0].to_json(),
-            serde_json::json!({"base": ["x"], "copy": ["x"]})
-        );
+        assert_eq!(documents[0].to_json(), serde_json::json!({"base": ["x"], "copy": ["x"]}));
     }
 
     #[test]

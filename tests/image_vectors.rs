@@ -61,18 +61,13 @@ fn from_result(result: Result<Reference<'_>, ParseError>, with_string: bool) -> 
             normalized: with_string.then(|| r.to_string()),
             ..Outcome::default()
         },
-        Err(e) => Outcome {
-            error_message: Some(e.to_string()),
-            ..Outcome::default()
-        },
+        Err(e) => Outcome { error_message: Some(e.to_string()), ..Outcome::default() },
     }
 }
 
 /// The expected outcome, keeping only the fields the mode defines.
 fn expected(case: &Case, fields: &[&str]) -> Outcome {
-    let keep = |name: &str, value: &Option<String>| {
-        fields.contains(&name).then(|| value.clone()).flatten()
-    };
+    let keep = |name: &str, value: &Option<String>| fields.contains(&name).then(|| value.clone()).flatten();
     Outcome {
         valid: case.valid,
         error_message: case.error_message.clone(),
@@ -93,14 +88,10 @@ fn run(case: &Case) -> Option<(Outcome, Outcome)> {
     let input = case.input.as_str();
     let algorithms = case.algorithms();
     Some(match case.mode.as_str() {
-        "parse" => (
-            from_result(Reference::parse_strict(input, algorithms), false),
-            expected(case, REFERENCE_FIELDS),
-        ),
-        "with_name" => (
-            from_result(Reference::with_name(input), false),
-            expected(case, REFERENCE_FIELDS),
-        ),
+        "parse" => {
+            (from_result(Reference::parse_strict(input, algorithms), false), expected(case, REFERENCE_FIELDS))
+        }
+        "with_name" => (from_result(Reference::with_name(input), false), expected(case, REFERENCE_FIELDS)),
         "normalized" => {
             let mut got = from_result(Reference::parse_normalized(input, algorithms), true);
             let mut want = expected(case, NORMALIZED_FIELDS);
@@ -108,10 +99,7 @@ fn run(case: &Case) -> Option<(Outcome, Outcome)> {
             if let Some(docker_ref) = &case.docker_ref {
                 want.error_message = Some(format!("docker_ref {docker_ref}"));
                 let got_ref = Reference::parse_docker_ref(input, algorithms).map(|r| r.to_string());
-                got.error_message = Some(format!(
-                    "docker_ref {}",
-                    got_ref.unwrap_or_else(|e| e.to_string())
-                ));
+                got.error_message = Some(format!("docker_ref {}", got_ref.unwrap_or_else(|e| e.to_string())));
             }
             (got, want)
         }
@@ -153,15 +141,8 @@ fn run(case: &Case) -> Option<(Outcome, Outcome)> {
         }
         "digest" => {
             let got = match digest::validate(input, algorithms) {
-                Ok(()) => Outcome {
-                    valid: true,
-                    digest: Some(input.to_owned()),
-                    ..Outcome::default()
-                },
-                Err(e) => Outcome {
-                    error_message: Some(e.to_string()),
-                    ..Outcome::default()
-                },
+                Ok(()) => Outcome { valid: true, digest: Some(input.to_owned()), ..Outcome::default() },
+                Err(e) => Outcome { error_message: Some(e.to_string()), ..Outcome::default() },
             };
             (got, expected(case, &["digest"]))
         }
@@ -177,10 +158,7 @@ fn run(case: &Case) -> Option<(Outcome, Outcome)> {
                 },
                 None => flag(false),
             };
-            let want = Outcome {
-                error_message: None,
-                ..expected(case, &["domain", "path"])
-            };
+            let want = Outcome { error_message: None, ..expected(case, &["domain", "path"]) };
             (got, want)
         }
         "regexp_reference" => {
@@ -194,10 +172,7 @@ fn run(case: &Case) -> Option<(Outcome, Outcome)> {
                 },
                 None => flag(false),
             };
-            let want = Outcome {
-                error_message: None,
-                ..expected(case, &["name", "tag", "digest"])
-            };
+            let want = Outcome { error_message: None, ..expected(case, &["name", "tag", "digest"]) };
             (got, want)
         }
         _ => return None,
@@ -205,19 +180,14 @@ fn run(case: &Case) -> Option<(Outcome, Outcome)> {
 }
 
 fn flag(valid: bool) -> Outcome {
-    Outcome {
-        valid,
-        ..Outcome::default()
-    }
+    Outcome { valid, ..Outcome::default() }
 }
 
 #[test]
 fn every_upstream_vector_agrees() {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/image-references.json"
-    ))
-    .expect("tests/data/image-references.json is readable");
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/image-references.json"))
+            .expect("tests/data/image-references.json is readable");
     let cases: Vec<Case> = serde_json::from_str(&text).expect("the vectors are valid JSON");
     let mut ran = 0;
     let mut skipped_modes = std::collections::BTreeSet::new();
@@ -227,10 +197,8 @@ fn every_upstream_vector_agrees() {
             Some((got, want)) => {
                 ran += 1;
                 if got != want {
-                    failures.push(format!(
-                        "{} {:?}\n  got:  {got:?}\n  want: {want:?}",
-                        case.mode, case.input
-                    ));
+                    failures
+                        .push(format!("{} {:?}\n  got:  {got:?}\n  want: {want:?}", case.mode, case.input));
                 }
             }
             None => {
@@ -238,16 +206,7 @@ fn every_upstream_vector_agrees() {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {ran} vectors disagree:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {ran} vectors disagree:\n{}", failures.len(), failures.join("\n"));
     assert_eq!(skipped_modes.into_iter().collect::<Vec<_>>(), ["compose"]);
-    assert_eq!(
-        ran,
-        cases.len() - 11,
-        "every case but the 11 compose cases runs"
-    );
+    assert_eq!(ran, cases.len() - 11, "every case but the 11 compose cases runs");
 }

@@ -23,10 +23,7 @@ fn the_full_example_covers_every_registry_type() {
     let policy = Policy::parse(&repo_file(EXAMPLES[0])).expect("valid example");
     for registry_type in RegistryType::ALL {
         assert!(
-            policy
-                .registries
-                .iter()
-                .any(|r| r.registry_type == registry_type),
+            policy.registries.iter().any(|r| r.registry_type == registry_type),
             "the full example has no {registry_type} registry"
         );
     }
@@ -47,10 +44,7 @@ fn examples_fit_the_published_schema() {
     let schema = schema();
     for path in EXAMPLES {
         let document = as_json(&repo_file(path));
-        let errors: Vec<String> = schema
-            .iter_errors(&document)
-            .map(|e| e.to_string())
-            .collect();
+        let errors: Vec<String> = schema.iter_errors(&document).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{path}: {errors:?}");
     }
 }
@@ -99,11 +93,8 @@ registries:
 #[test]
 fn every_problem_is_reported_at_once_with_its_line() {
     let error = Policy::parse(BROKEN).expect_err("the policy is broken");
-    let found: Vec<(String, Option<usize>)> = error
-        .problems
-        .iter()
-        .map(|p| (p.field.clone(), p.line))
-        .collect();
+    let found: Vec<(String, Option<usize>)> =
+        error.problems.iter().map(|p| (p.field.clone(), p.line)).collect();
     let expected = [
         ("mode", 3),
         ("registries[1].type", 9),
@@ -126,10 +117,7 @@ fn every_problem_is_reported_at_once_with_its_line() {
     assert!(text.contains("does not fit type ECR"), "{text}");
     // The duplicate URL of registries[1] is refused too, even though its type is misspelled.
     let schema = schema();
-    assert!(
-        !schema.is_valid(&as_json(BROKEN)),
-        "the schema refuses it as well"
-    );
+    assert!(!schema.is_valid(&as_json(BROKEN)), "the schema refuses it as well");
 }
 
 #[test]
@@ -139,10 +127,7 @@ fn allow_everything_urls_are_refused() {
             "apiVersion: registry-gate.io/v1\nkind: RegistryPolicy\nregistries:\n  - name: a\n    type: Generic\n    url: {url}\n"
         );
         let error = Policy::parse(&text).expect_err(url);
-        assert_eq!(
-            error.problems[0].field, "registries[0].url",
-            "{url}: {error}"
-        );
+        assert_eq!(error.problems[0].field, "registries[0].url", "{url}: {error}");
     }
 }
 

@@ -24,12 +24,9 @@ impl WorkloadKind {
     pub fn of(kind: &str) -> Option<Self> {
         match kind {
             "Pod" => Some(WorkloadKind::Pod),
-            "Deployment"
-            | "ReplicaSet"
-            | "StatefulSet"
-            | "DaemonSet"
-            | "Job"
-            | "ReplicationController" => Some(WorkloadKind::PodTemplate),
+            "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" | "ReplicationController" => {
+                Some(WorkloadKind::PodTemplate)
+            }
             "CronJob" => Some(WorkloadKind::CronJob),
             _ => None,
         }
@@ -45,25 +42,12 @@ impl WorkloadKind {
     }
 
     /// Reads the Pod spec of an object of this kind; a missing spec reads as empty.
-    pub fn pod_spec<'de, D: serde::Deserializer<'de>>(
-        self,
-        object: D,
-    ) -> Result<PodSpec<'de>, D::Error> {
+    pub fn pod_spec<'de, D: serde::Deserializer<'de>>(self, object: D) -> Result<PodSpec<'de>, D::Error> {
         Ok(match self {
             WorkloadKind::Pod => WithSpec::<PodSpec>::deserialize(object)?.spec,
-            WorkloadKind::PodTemplate => {
-                WithSpec::<WithTemplate>::deserialize(object)?
-                    .spec
-                    .template
-                    .spec
-            }
+            WorkloadKind::PodTemplate => WithSpec::<WithTemplate>::deserialize(object)?.spec.template.spec,
             WorkloadKind::CronJob => {
-                WithSpec::<WithJobTemplate>::deserialize(object)?
-                    .spec
-                    .job_template
-                    .spec
-                    .template
-                    .spec
+                WithSpec::<WithJobTemplate>::deserialize(object)?.spec.job_template.spec.template.spec
             }
         })
     }
@@ -213,30 +197,14 @@ impl PodSpec<'_> {
     /// Every image of the spec with its location, in document order by list. A container
     /// without an image yields `""`, which the parser refuses: the API server would too.
     pub fn images(&self, spec_path: &'static str) -> impl Iterator<Item = (ImageLocation, &str)> {
-        let volumes = self
-            .volumes
-            .iter()
-            .enumerate()
-            .filter_map(move |(index, volume)| {
-                let image = volume.image.as_ref()?;
-                let location = ImageLocation {
-                    spec_path,
-                    field: ImageField::Volumes,
-                    index,
-                };
-                Some((location, image.reference.as_deref().unwrap_or("")))
-            });
+        let volumes = self.volumes.iter().enumerate().filter_map(move |(index, volume)| {
+            let image = volume.image.as_ref()?;
+            let location = ImageLocation { spec_path, field: ImageField::Volumes, index };
+            Some((location, image.reference.as_deref().unwrap_or("")))
+        });
         container_images(&self.containers, spec_path, ImageField::Containers)
-            .chain(container_images(
-                &self.init_containers,
-                spec_path,
-                ImageField::InitContainers,
-            ))
-            .chain(container_images(
-                &self.ephemeral_containers,
-                spec_path,
-                ImageField::EphemeralContainers,
-            ))
+            .chain(container_images(&self.init_containers, spec_path, ImageField::InitContainers))
+            .chain(container_images(&self.ephemeral_containers, spec_path, ImageField::EphemeralContainers))
             .chain(volumes)
     }
 }
@@ -246,19 +214,9 @@ fn container_images<'s>(
     spec_path: &'static str,
     field: ImageField,
 ) -> impl Iterator<Item = (ImageLocation, &'s str)> {
-    containers
-        .iter()
-        .enumerate()
-        .map(move |(index, container)| {
-            (
-                ImageLocation {
-                    spec_path,
-                    field,
-                    index,
-                },
-                container.image.as_deref().unwrap_or(""),
-            )
-        })
+    containers.iter().enumerate().map(move |(index, container)| {
+        (ImageLocation { spec_path, field, index }, container.image.as_deref().unwrap_or(""))
+    })
 }
 
 #[cfg(test)]
@@ -272,9 +230,7 @@ mod tests {
             "initContainers":[{"name":"b","image":"b"}],
             "volumes":[{"name":"v","emptyDir":{}},{"name":"w","image":{"reference":"quay.io/x/y"}}]}}}}}}"#;
         let mut deserializer = serde_json::Deserializer::from_str(json);
-        let spec = WorkloadKind::CronJob
-            .pod_spec(&mut deserializer)
-            .expect("valid");
+        let spec = WorkloadKind::CronJob.pod_spec(&mut deserializer).expect("valid");
         let images: Vec<String> = spec
             .images(WorkloadKind::CronJob.spec_path())
             .map(|(location, image)| format!("{location}={image}"))
@@ -293,12 +249,7 @@ mod tests {
     fn strings_without_escapes_are_borrowed() {
         let json = r#"{"spec":{"containers":[{"image":"nginx"}]}}"#;
         let mut deserializer = serde_json::Deserializer::from_str(json);
-        let spec = WorkloadKind::Pod
-            .pod_spec(&mut deserializer)
-            .expect("valid");
-        assert!(matches!(
-            spec.containers[0].image,
-            Some(Text(Cow::Borrowed("nginx")))
-        ));
+        let spec = WorkloadKind::Pod.pod_spec(&mut deserializer).expect("valid");
+        assert!(matches!(spec.containers[0].image, Some(Text(Cow::Borrowed("nginx")))));
     }
 }

@@ -12,12 +12,8 @@ pub struct DigestAlgorithms {
 
 impl DigestAlgorithms {
     /// What the kubelet and containerd accept.
-    pub const ALL: Self = DigestAlgorithms {
-        sha384_and_sha512: true,
-    };
-    pub const SHA256_ONLY: Self = DigestAlgorithms {
-        sha384_and_sha512: false,
-    };
+    pub const ALL: Self = DigestAlgorithms { sha384_and_sha512: true };
+    pub const SHA256_ONLY: Self = DigestAlgorithms { sha384_and_sha512: false };
 
     /// Length of the hex-encoded digest for an available algorithm.
     fn hex_len(self, algorithm: &str) -> Option<usize> {
@@ -43,7 +39,7 @@ pub enum DigestError {
 
 /// go-digest's `Digest.Validate`, check for check and in the same order.
 pub fn validate(digest: &str, algorithms: DigestAlgorithms) -> Result<(), DigestError> {
-    let Some((algorithm, encoded)) = digest.split_once(':') else {
+    let Some((algorithm, encoded)) = super::grammar::split_at_byte(digest, b':') else {
         return Err(DigestError::InvalidFormat);
     };
     if algorithm.is_empty() || encoded.is_empty() {
@@ -59,10 +55,7 @@ pub fn validate(digest: &str, algorithms: DigestAlgorithms) -> Result<(), Digest
     if encoded.len() != hex_len {
         return Err(DigestError::InvalidLength);
     }
-    if !encoded
-        .bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if !encoded.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         return Err(DigestError::InvalidFormat);
     }
     Ok(())
@@ -72,10 +65,9 @@ pub fn validate(digest: &str, algorithms: DigestAlgorithms) -> Result<(), Digest
 fn is_digest_syntax(algorithm: &str, encoded: &str) -> bool {
     let lower_alphanumeric = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     let algorithm_ok = algorithm
-        .split(['.', '+', '_', '-'])
-        .all(|part| !part.is_empty() && part.bytes().all(lower_alphanumeric));
-    let encoded_ok = encoded
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"=_-".contains(&b));
+        .as_bytes()
+        .split(|b| b".+_-".contains(b))
+        .all(|part| !part.is_empty() && part.iter().all(|&b| lower_alphanumeric(b)));
+    let encoded_ok = encoded.bytes().all(|b| b.is_ascii_alphanumeric() || b"=_-".contains(&b));
     algorithm_ok && encoded_ok
 }

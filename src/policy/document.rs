@@ -38,11 +38,7 @@ pub struct PolicyError {
 }
 
 fn list(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(|p| format!("  - {p}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
 }
 
 /// Collects problems while the decoder walks the document.
@@ -51,11 +47,7 @@ struct Problems(Vec<Problem>);
 
 impl Problems {
     fn add(&mut self, field: &str, line: usize, message: impl Into<String>) {
-        self.0.push(Problem {
-            field: field.to_owned(),
-            line: Some(line),
-            message: message.into(),
-        });
+        self.0.push(Problem { field: field.to_owned(), line: Some(line), message: message.into() });
     }
 }
 
@@ -92,13 +84,7 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
 }
 
 fn one_problem(field: &str, line: Option<usize>, message: &str) -> PolicyError {
-    PolicyError {
-        problems: vec![Problem {
-            field: field.into(),
-            line,
-            message: message.into(),
-        }],
-    }
+    PolicyError { problems: vec![Problem { field: field.into(), line, message: message.into() }] }
 }
 
 /// A mapping's fields, with the field path they sit at.
@@ -112,11 +98,7 @@ impl<'n> Fields<'n> {
     /// Reads `node` as a mapping whose keys are all among `known`.
     fn of(node: &'n Node, path: &str, known: &[&str], problems: &mut Problems) -> Option<Self> {
         let Value::Mapping(entries) = &node.value else {
-            problems.add(
-                path,
-                node.line,
-                format!("must be a mapping, not {}", node.kind_name()),
-            );
+            problems.add(path, node.line, format!("must be a mapping, not {}", node.kind_name()));
             return None;
         };
         let mut seen = Vec::new();
@@ -137,11 +119,7 @@ impl<'n> Fields<'n> {
                 problems.add(&join(path, name), key.line, message);
             }
         }
-        Some(Fields {
-            path: path.to_owned(),
-            line: node.line,
-            entries,
-        })
+        Some(Fields { path: path.to_owned(), line: node.line, entries })
     }
 
     fn get(&self, name: &str) -> Option<&'n Node> {
@@ -217,9 +195,7 @@ impl<'n> Fields<'n> {
                     );
                     return None;
                 };
-                NamespacePattern::parse(text)
-                    .map_err(|e| problems.add(&item_path, item.line, e))
-                    .ok()
+                NamespacePattern::parse(text).map_err(|e| problems.add(&item_path, item.line, e)).ok()
             })
             .collect();
         Some((patterns, line))
@@ -227,23 +203,14 @@ impl<'n> Fields<'n> {
 }
 
 fn join(path: &str, name: &str) -> String {
-    if path.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{path}.{name}")
-    }
+    if path.is_empty() { name.to_owned() } else { format!("{path}.{name}") }
 }
 
 /// The known name closest to a misspelled one, if any is close.
 fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
     known
         .iter()
-        .map(|k| {
-            (
-                edit_distance(&name.to_ascii_lowercase(), &k.to_ascii_lowercase()),
-                *k,
-            )
-        })
+        .map(|k| (edit_distance(&name.to_ascii_lowercase(), &k.to_ascii_lowercase()), *k))
         .filter(|(distance, _)| *distance <= 2)
         .min()
         .map(|(_, k)| k)
@@ -263,23 +230,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     previous[b.len()]
 }
 
-const POLICY_FIELDS: &[&str] = &[
-    "apiVersion",
-    "kind",
-    "mode",
-    "shortNameRegistry",
-    "exemptNamespaces",
-    "registries",
-    "deny",
-];
-const REGISTRY_FIELDS: &[&str] = &[
-    "name",
-    "type",
-    "url",
-    "pullSecret",
-    "namespaces",
-    "description",
-];
+const POLICY_FIELDS: &[&str] =
+    &["apiVersion", "kind", "mode", "shortNameRegistry", "exemptNamespaces", "registries", "deny"];
+const REGISTRY_FIELDS: &[&str] = &["name", "type", "url", "pullSecret", "namespaces", "description"];
 const DENY_FIELDS: &[&str] = &["url", "reason"];
 
 fn decode_policy(root: &Node, problems: &mut Problems) -> Option<Policy> {
@@ -287,11 +240,7 @@ fn decode_policy(root: &Node, problems: &mut Problems) -> Option<Policy> {
     for (name, want) in [("apiVersion", API_VERSION), ("kind", KIND)] {
         if let Some((value, line)) = fields.required_string(name, problems) {
             if value != want {
-                problems.add(
-                    name,
-                    line,
-                    format!("is {value:?}; registry-gate reads {want:?}"),
-                );
+                problems.add(name, line, format!("is {value:?}; registry-gate reads {want:?}"));
             }
         }
     }
@@ -304,9 +253,7 @@ fn decode_policy(root: &Node, problems: &mut Problems) -> Option<Policy> {
             problems.add(
                 "mode",
                 line,
-                format!(
-                    "is {other:?}; it is \"enforce\" (deny) or \"audit\" (admit with a warning)"
-                ),
+                format!("is {other:?}; it is \"enforce\" (deny) or \"audit\" (admit with a warning)"),
             );
             Mode::Enforce
         }
@@ -314,9 +261,7 @@ fn decode_policy(root: &Node, problems: &mut Problems) -> Option<Policy> {
     let short_name_registry = match fields.string("shortNameRegistry", problems) {
         None => RegistryPattern::parse(crate::image::DOCKER_HUB).ok(),
         Some(text) => {
-            let line = fields
-                .get("shortNameRegistry")
-                .map_or(fields.line, |n| n.line);
+            let line = fields.get("shortNameRegistry").map_or(fields.line, |n| n.line);
             match RegistryPattern::parse(text) {
                 Ok(pattern) if pattern.host.is_wildcard() || !pattern.path.is_empty() => {
                     problems.add(
@@ -334,19 +279,13 @@ fn decode_policy(root: &Node, problems: &mut Problems) -> Option<Policy> {
             }
         }
     };
-    let exempt_namespaces = fields
-        .namespace_patterns("exemptNamespaces", problems)
-        .map(|(p, _)| p)
-        .unwrap_or_default();
+    let exempt_namespaces =
+        fields.namespace_patterns("exemptNamespaces", problems).map(|(p, _)| p).unwrap_or_default();
 
     let registries = match fields.list("registries", problems) {
         Some((items, _)) => {
             check_unique_registries(items, problems);
-            items
-                .iter()
-                .enumerate()
-                .filter_map(|(i, item)| decode_registry(item, i, problems))
-                .collect()
+            items.iter().enumerate().filter_map(|(i, item)| decode_registry(item, i, problems)).collect()
         }
         None => {
             if fields.get("registries").is_none() {
@@ -361,21 +300,13 @@ fn decode_policy(root: &Node, problems: &mut Problems) -> Option<Policy> {
     };
 
     let deny = match fields.list("deny", problems) {
-        Some((items, _)) => items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, item)| decode_deny(item, i, problems))
-            .collect(),
+        Some((items, _)) => {
+            items.iter().enumerate().filter_map(|(i, item)| decode_deny(item, i, problems)).collect()
+        }
         None => Vec::new(),
     };
 
-    Some(Policy::assemble(
-        mode,
-        short_name_registry?.host,
-        exempt_namespaces,
-        registries,
-        deny,
-    ))
+    Some(Policy::assemble(mode, short_name_registry?.host, exempt_namespaces, registries, deny))
 }
 
 fn decode_registry(node: &Node, index: usize, problems: &mut Problems) -> Option<Registry> {
@@ -384,31 +315,27 @@ fn decode_registry(node: &Node, index: usize, problems: &mut Problems) -> Option
     let name = fields.required_string("name", problems);
     if let Some((name, line)) = name {
         if !is_dns_label(name) {
-            problems.add(&fields.field_path("name"), line, "must be a DNS label (lower-case letters, digits and -, at most 63): it labels metrics");
+            problems.add(
+                &fields.field_path("name"),
+                line,
+                "must be a DNS label (lower-case letters, digits and -, at most 63): it labels metrics",
+            );
         }
     }
-    let registry_type = fields
-        .required_string("type", problems)
-        .and_then(|(text, line)| {
-            let found = RegistryType::from_name(text);
-            if found.is_none() {
-                let message = match RegistryType::closest_to(text) {
-                    Some(close) => format!(
-                        "is {text:?}, not a registry type (did you mean {:?}?)",
-                        close.name()
-                    ),
-                    None => {
-                        let names: Vec<&str> = RegistryType::ALL.iter().map(|t| t.name()).collect();
-                        format!(
-                            "is {text:?}, not a registry type (one of {})",
-                            names.join(", ")
-                        )
-                    }
-                };
-                problems.add(&fields.field_path("type"), line, message);
-            }
-            found
-        });
+    let registry_type = fields.required_string("type", problems).and_then(|(text, line)| {
+        let found = RegistryType::from_name(text);
+        if found.is_none() {
+            let message = match RegistryType::closest_to(text) {
+                Some(close) => format!("is {text:?}, not a registry type (did you mean {:?}?)", close.name()),
+                None => {
+                    let names: Vec<&str> = RegistryType::ALL.iter().map(|t| t.name()).collect();
+                    format!("is {text:?}, not a registry type (one of {})", names.join(", "))
+                }
+            };
+            problems.add(&fields.field_path("type"), line, message);
+        }
+        found
+    });
     let url = fields.required_string("url", problems);
     let pattern = url.and_then(|(text, line)| {
         let url_path = fields.field_path("url");
@@ -443,18 +370,16 @@ fn decode_registry(node: &Node, index: usize, problems: &mut Problems) -> Option
             );
         }
     }
-    let namespaces = fields
-        .namespace_patterns("namespaces", problems)
-        .map(|(patterns, line)| {
-            if patterns.is_empty() {
-                problems.add(
-                    &fields.field_path("namespaces"),
-                    line,
-                    "is empty, which admits no namespace; leave it out to admit all",
-                );
-            }
-            patterns
-        });
+    let namespaces = fields.namespace_patterns("namespaces", problems).map(|(patterns, line)| {
+        if patterns.is_empty() {
+            problems.add(
+                &fields.field_path("namespaces"),
+                line,
+                "is empty, which admits no namespace; leave it out to admit all",
+            );
+        }
+        patterns
+    });
     fields.string("description", problems);
     Some(Registry {
         name: name?.0.to_owned(),
@@ -473,11 +398,7 @@ fn decode_deny(node: &Node, index: usize, problems: &mut Problems) -> Option<Den
     let (url, line) = fields.required_string("url", problems)?;
     let reason = fields.string("reason", problems).map(str::to_owned);
     match RegistryPattern::parse(url) {
-        Ok(pattern) => Some(DenyRule {
-            url: url.to_owned(),
-            pattern,
-            reason,
-        }),
+        Ok(pattern) => Some(DenyRule { url: url.to_owned(), pattern, reason }),
         Err(e) => {
             problems.add(&fields.field_path("url"), line, format!("{url:?} {e}"));
             None
@@ -494,12 +415,7 @@ fn check_unique_registries(items: &[Node], problems: &mut Problems) {
         let Value::Mapping(entries) = &item.value else {
             continue;
         };
-        let field = |name: &str| {
-            entries
-                .iter()
-                .find(|(k, _)| k.as_str() == Some(name))
-                .map(|(_, v)| v)
-        };
+        let field = |name: &str| entries.iter().find(|(k, _)| k.as_str() == Some(name)).map(|(_, v)| v);
         if let Some(node) = field("name") {
             if let Some(first) = node.as_str().and_then(|name| names.insert(name, i)) {
                 problems.add(
@@ -510,16 +426,16 @@ fn check_unique_registries(items: &[Node], problems: &mut Problems) {
             }
         }
         if let Some(node) = field("url") {
-            let pattern = node
-                .as_str()
-                .and_then(|url| RegistryPattern::parse(url).ok());
+            let pattern = node.as_str().and_then(|url| RegistryPattern::parse(url).ok());
             if let Some((pattern, first)) =
                 pattern.and_then(|p| urls.insert(p.clone(), i).map(|first| (p, first)))
             {
                 problems.add(
                     &format!("registries[{i}].url"),
                     node.line,
-                    format!("{pattern} is the same registry as registries[{first}].url; merge the two entries"),
+                    format!(
+                        "{pattern} is the same registry as registries[{first}].url; merge the two entries"
+                    ),
                 );
             }
         }
@@ -529,9 +445,7 @@ fn check_unique_registries(items: &[Node], problems: &mut Problems) {
 /// RFC 1123 label: what Kubernetes namespaces and metric-friendly names are made of.
 pub(super) fn is_dns_label(name: &str) -> bool {
     (1..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-')
 }

@@ -13,12 +13,11 @@ use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
 
-use super::pattern::{
-    HOST_BUF_LEN, MAX_PATH_DEPTH, RegistryPattern, WildcardShape, canonical_host,
-};
+use super::pattern::{HOST_BUF_LEN, MAX_PATH_DEPTH, RegistryPattern, WildcardShape, label_count};
+use crate::image::grammar;
 
 /// Room for a repository path (255) with `library/` written in front of it.
-const PATH_BUF_LEN: usize = crate::image::PATH_MAX_LEN + 8;
+pub(super) const PATH_BUF_LEN: usize = crate::image::PATH_MAX_LEN + 8;
 /// Candidate hosts (the exact one and wildcard shapes) kept on the stack before spilling.
 const INLINE_CANDIDATES: usize = 8;
 
@@ -45,10 +44,7 @@ impl Index {
         let mut index = Index::default();
         for (position, pattern) in patterns.into_iter().enumerate() {
             let rules = index.hosts.entry(pattern.host.key().into()).or_default();
-            rules
-                .by_prefix
-                .entry(pattern.path.clone())
-                .or_insert(position);
+            rules.by_prefix.entry(pattern.path.clone()).or_insert(position);
             rules.depths |= 1 << pattern.depth();
             if pattern.host.is_wildcard() && !index.shapes.contains(&pattern.host.shape()) {
                 index.shapes.push(pattern.host.shape());
@@ -65,70 +61,35 @@ impl Index {
     /// The most specific entry covering `host` (canonical) and `path`: the deepest prefix first,
     /// and at equal depth the exact host before wildcard hosts.
     pub(super) fn lookup(&self, host: &str, path: &str) -> Option<usize> {
-        let mut inline: [Option<&HostRules>; INLINE_CANDIDATES] = [None; INLINE_CANDIDATES];
-        // Only a policy with more than seven wildcard shapes matching one host spills here.
-        let mut spilled: Vec<&HostRules> = Vec::new();
-        let mut count = 0;
-        let mut depths = 0u64;
+        let mut candidates = Candidates::default();
         // Wildcard rules are stored under their masked name; image hosts never contain `*`, so
         // an exact lookup cannot hit them by accident.
-        let exact = self.hosts.get(host);
-        let mut mask_buf = [0u8; HOST_BUF_LEN];
-        let labels = host
-            .split(':')
-            .next()
-            .map_or(0, |name| name.bytes().filter(|&b| b == b'.').count() + 1);
-        let wildcards = self
-            .shapes
-            .iter()
-            .filter(|shape| shape.label_count() == labels)
-            .filter_map(|shape| {
-                shape
-                    .mask(host, &mut mask_buf)
-                    .and_then(|masked| self.hosts.get(masked))
-            });
-        for rules in exact.into_iter().chain(wildcards) {
-            depths |= rules.depths;
-            if count < INLINE_CANDIDATES {
-                inline[count] = Some(rules);
-            } else {
-                spilled.push(rules);
-            }
-            count += 1;
+        if let Some(rules) = self.hosts.get(host) {
+            candidates.push(rules);
         }
-        if count == 0 {
+        if !self.shapes.is_empty() && !host.starts_with('[') {
+            let name = &host[..grammar::find_byte(host, b':').unwrap_or(host.len())];
+            let labels = label_count(name);
+            let mut mask_buf = [0u8; HOST_BUF_LEN];
+            for shape in self.shapes.iter().filter(|shape| shape.label_count() == labels) {
+                if let Some(rules) = shape.mask(host, &mut mask_buf).and_then(|masked| self.hosts.get(masked))
+                {
+                    candidates.push(rules);
+                }
+            }
+        }
+        if candidates.count == 0 {
             return None;
         }
-        let candidates = inline
-            .iter()
-            .take(count.min(INLINE_CANDIDATES))
-            .flatten()
-            .chain(spilled.iter());
-
-        // Ends of the path's first components, as far as any candidate looks.
-        let deepest = (u64::BITS - 1 - depths.leading_zeros()) as usize;
-        let mut ends = [0usize; MAX_PATH_DEPTH + 1];
-        let mut components = 0;
-        for (i, byte) in path.bytes().enumerate() {
-            if components >= deepest {
-                break;
-            }
-            if byte == b'/' {
-                components += 1;
-                ends[components] = i;
-            }
-        }
-        if components < deepest && !path.is_empty() {
-            components += 1;
-            ends[components] = path.len();
-        }
-
-        for depth in (0..=components.min(deepest)).rev() {
-            if depths & (1 << depth) == 0 {
-                continue;
-            }
-            let prefix = &path[..ends[depth]];
-            for rules in candidates.clone() {
+        let depths = candidates.depths;
+        let components = if path.is_empty() { 0 } else { path.bytes().filter(|&b| b == b'/').count() + 1 };
+        // Depths present, deepest first, that the path is deep enough for.
+        let mut remaining = depths & (u64::MAX >> (63 - components.min(MAX_PATH_DEPTH)));
+        while remaining != 0 {
+            let depth = (u64::BITS - 1 - remaining.leading_zeros()) as usize;
+            remaining &= !(1 << depth);
+            let prefix = &path[..prefix_end(path, depth)];
+            for rules in candidates.iter() {
                 if rules.depths & (1 << depth) != 0 {
                     if let Some(&entry) = rules.by_prefix.get(prefix) {
                         return Some(entry);
@@ -140,41 +101,59 @@ impl Index {
     }
 }
 
-/// An image's canonical host and contiguous path, rewritten on the stack.
-pub(super) struct ImageKey {
-    host: [u8; HOST_BUF_LEN],
-    host_len: usize,
-    path: [u8; PATH_BUF_LEN],
-    path_len: usize,
+/// The hosts whose rules apply to one image: the exact host first, then wildcard shapes in order.
+#[derive(Default)]
+struct Candidates<'i> {
+    inline: [Option<&'i HostRules>; INLINE_CANDIDATES],
+    /// Only a policy with more than seven wildcard shapes matching one host spills here.
+    spilled: Vec<&'i HostRules>,
+    count: usize,
+    /// Union of the candidates' depths.
+    depths: u64,
 }
 
-impl ImageKey {
-    /// `None` when the host is longer than any policy host can be: then nothing matches it.
-    pub(super) fn new(host: &str, path: (&str, &str)) -> Option<Self> {
-        let mut key = ImageKey {
-            host: [0; HOST_BUF_LEN],
-            host_len: 0,
-            path: [0; PATH_BUF_LEN],
-            path_len: 0,
-        };
-        key.host_len = canonical_host(host, &mut key.host)?.len();
-        let (prefix, rest) = path;
-        let total = prefix.len() + rest.len();
-        let target = key.path.get_mut(..total)?;
-        target[..prefix.len()].copy_from_slice(prefix.as_bytes());
-        target[prefix.len()..].copy_from_slice(rest.as_bytes());
-        key.path_len = total;
-        Some(key)
+impl<'i> Candidates<'i> {
+    fn push(&mut self, rules: &'i HostRules) {
+        self.depths |= rules.depths;
+        match self.inline.get_mut(self.count) {
+            Some(slot) => *slot = Some(rules),
+            None => self.spilled.push(rules),
+        }
+        self.count += 1;
     }
 
-    /// Both parts were copied from `str`s whole, so they are always UTF-8.
-    pub(super) fn host(&self) -> &str {
-        std::str::from_utf8(&self.host[..self.host_len]).unwrap_or_default()
+    fn iter(&self) -> impl Iterator<Item = &'i HostRules> + '_ {
+        self.inline.iter().flatten().copied().chain(self.spilled.iter().copied())
     }
+}
 
-    pub(super) fn path(&self) -> &str {
-        std::str::from_utf8(&self.path[..self.path_len]).unwrap_or_default()
+/// Length of the first `depth` components of `path`.
+fn prefix_end(path: &str, depth: usize) -> usize {
+    if depth == 0 {
+        return 0;
     }
+    let mut seen = 0;
+    for (i, byte) in path.bytes().enumerate() {
+        if byte == b'/' {
+            seen += 1;
+            if seen == depth {
+                return i;
+            }
+        }
+    }
+    path.len()
+}
+
+/// Writes `prefix` and `rest` into `buf` as one string (`library/` + `nginx`).
+pub(super) fn join_path<'b>(
+    buf: &'b mut [u8; PATH_BUF_LEN],
+    (prefix, rest): (&str, &str),
+) -> Option<&'b str> {
+    let total = prefix.len() + rest.len();
+    let target = buf.get_mut(..total)?;
+    target[..prefix.len()].copy_from_slice(prefix.as_bytes());
+    target[prefix.len()..].copy_from_slice(rest.as_bytes());
+    std::str::from_utf8(target).ok()
 }
 
 #[cfg(test)]
@@ -182,10 +161,8 @@ mod tests {
     use super::*;
 
     fn index(urls: &[&str]) -> Index {
-        let patterns: Vec<RegistryPattern> = urls
-            .iter()
-            .map(|u| RegistryPattern::parse(u).expect("valid url"))
-            .collect();
+        let patterns: Vec<RegistryPattern> =
+            urls.iter().map(|u| RegistryPattern::parse(u).expect("valid url")).collect();
         Index::build(&patterns)
     }
 

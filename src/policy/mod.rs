@@ -14,7 +14,8 @@ use wildmatch::WildMatch;
 
 use crate::image::{ParseError, Reference};
 pub use document::{API_VERSION, KIND, PolicyError, Problem};
-use matcher::{ImageKey, Index};
+use matcher::{Index, PATH_BUF_LEN, join_path};
+use pattern::{HOST_BUF_LEN, canonical_host, is_canonical_host};
 pub use pattern::{HostPattern, RegistryPattern};
 pub use registry_type::{Credentials, RegistryType};
 
@@ -55,9 +56,7 @@ pub struct Registry {
 
 impl Registry {
     pub fn admits_namespace(&self, namespace: &str) -> bool {
-        self.namespaces
-            .as_ref()
-            .is_none_or(|patterns| patterns.iter().any(|p| p.matches(namespace)))
+        self.namespaces.as_ref().is_none_or(|patterns| patterns.iter().any(|p| p.matches(namespace)))
     }
 }
 
@@ -85,10 +84,7 @@ impl NamespacePattern {
                 "{text:?} is not a namespace name or glob (lower-case letters, digits, -, * and ?)"
             ));
         }
-        Ok(NamespacePattern {
-            text: text.to_owned(),
-            glob: WildMatch::new(text),
-        })
+        Ok(NamespacePattern { text: text.to_owned(), glob: WildMatch::new(text) })
     }
 
     pub fn matches(&self, namespace: &str) -> bool {
@@ -163,15 +159,7 @@ impl Policy {
     ) -> Self {
         let allow_index = Index::build(registries.iter().map(|r| &r.pattern));
         let deny_index = Index::build(deny.iter().map(|d| &d.pattern));
-        Policy {
-            mode,
-            short_name_host,
-            exempt_namespaces,
-            registries,
-            deny,
-            allow_index,
-            deny_index,
-        }
+        Policy { mode, short_name_host, exempt_namespaces, registries, deny, allow_index, deny_index }
     }
 
     /// Whether objects in this namespace are admitted without looking at their images.
@@ -183,20 +171,36 @@ impl Policy {
     /// most specific entry decides, including its namespace scope, so that a narrow entry
     /// scoped to some namespaces keeps the others out of that part of the registry.
     pub fn decide<'p>(&'p self, image: &Reference<'_>, namespace: &str) -> Decision<'p> {
-        let host = if image.is_short_name() {
-            self.short_name_host.key()
+        let domain = if image.is_short_name() { self.short_name_host.key() } else { image.domain() };
+        // The buffers are initialised only on the paths that need them: zeroing them on every
+        // decision was a tenth of its cost.
+        let mut host_buf;
+        let host = if is_canonical_host(domain) {
+            domain
         } else {
-            image.domain()
+            host_buf = [0; HOST_BUF_LEN];
+            match canonical_host(domain, &mut host_buf) {
+                Some(host) => host,
+                None => return Decision::Denied(Denial::Unregistered),
+            }
         };
-        let Some(key) = ImageKey::new(host, image.path().parts()) else {
-            return Decision::Denied(Denial::Unregistered);
+        let mut path_buf;
+        let path = match image.path().parts() {
+            ("", path) => path,
+            parts => {
+                path_buf = [0; PATH_BUF_LEN];
+                match join_path(&mut path_buf, parts) {
+                    Some(path) => path,
+                    None => return Decision::Denied(Denial::Unregistered),
+                }
+            }
         };
         if !self.deny_index.is_empty() {
-            if let Some(rule) = self.deny_index.lookup(key.host(), key.path()) {
+            if let Some(rule) = self.deny_index.lookup(host, path) {
                 return Decision::Denied(Denial::DenyListed(&self.deny[rule]));
             }
         }
-        match self.allow_index.lookup(key.host(), key.path()) {
+        match self.allow_index.lookup(host, path) {
             Some(entry) => {
                 let registry = &self.registries[entry];
                 if registry.admits_namespace(namespace) {
@@ -210,11 +214,7 @@ impl Policy {
     }
 
     /// Parses and decides one image string.
-    pub fn check<'p, 'i>(
-        &'p self,
-        image: &'i str,
-        namespace: &str,
-    ) -> (Option<Reference<'i>>, Decision<'p>) {
+    pub fn check<'p, 'i>(&'p self, image: &'i str, namespace: &str) -> (Option<Reference<'i>>, Decision<'p>) {
         match Reference::parse(image) {
             Ok(reference) => {
                 let decision = self.decide(&reference, namespace);
@@ -235,18 +235,12 @@ impl Policy {
         match denial {
             Denial::InvalidReference(e) => format!("invalid image reference: {e} ({})", e.hint()),
             Denial::Unregistered => {
-                let hint = reference
-                    .map(|r| self.hint(r, namespace))
-                    .unwrap_or_default();
+                let hint = reference.map(|r| self.hint(r, namespace)).unwrap_or_default();
                 format!("{name} is not in any registered registry; {hint}")
             }
             Denial::NamespaceNotAllowed(registry) => {
-                let admitted: Vec<String> = registry
-                    .namespaces
-                    .iter()
-                    .flatten()
-                    .map(ToString::to_string)
-                    .collect();
+                let admitted: Vec<String> =
+                    registry.namespaces.iter().flatten().map(ToString::to_string).collect();
                 format!(
                     "registry {:?} ({}) may not be used in namespace {namespace:?}; it admits namespaces {}",
                     registry.name,
@@ -264,39 +258,26 @@ impl Policy {
     /// For a denied user: the registered URLs on the image's host, or on any host when there
     /// are none there. Off the hot path; it scans the entries.
     pub fn hint(&self, image: &Reference<'_>, namespace: &str) -> String {
-        let host = if image.is_short_name() {
-            self.short_name_host.key()
-        } else {
-            image.domain()
-        };
-        let Some(key) = ImageKey::new(host, ("", "")) else {
+        let domain = if image.is_short_name() { self.short_name_host.key() } else { image.domain() };
+        let mut buf = [0; HOST_BUF_LEN];
+        let Some(host) = canonical_host(domain, &mut buf) else {
             return "no registry is registered for that host".into();
         };
-        let admitted = self
-            .registries
-            .iter()
-            .filter(|r| r.admits_namespace(namespace));
+        let admitted = self.registries.iter().filter(|r| r.admits_namespace(namespace));
         let same_host: Vec<&str> = admitted
             .clone()
-            .filter(|r| r.pattern.host.matches(key.host()))
+            .filter(|r| r.pattern.host.matches(host))
             .map(|r| r.url.as_str())
             .take(5)
             .collect();
         if !same_host.is_empty() {
-            return format!("registered on {}: {}", key.host(), same_host.join(", "));
+            return format!("registered on {host}: {}", same_host.join(", "));
         }
         let any: Vec<&str> = admitted.map(|r| r.url.as_str()).take(5).collect();
         if any.is_empty() {
-            format!(
-                "no registry is registered for {} or for namespace {namespace:?}",
-                key.host()
-            )
+            format!("no registry is registered for {host} or for namespace {namespace:?}")
         } else {
-            format!(
-                "no registry is registered for {}; registered: {}",
-                key.host(),
-                any.join(", ")
-            )
+            format!("no registry is registered for {host}; registered: {}", any.join(", "))
         }
     }
 }

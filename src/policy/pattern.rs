@@ -17,6 +17,14 @@ const MIN_FIXED_LABELS: usize = 2;
 /// Hosts that are Docker Hub under another name.
 const DOCKER_HUB_ALIASES: [&str; 2] = ["index.docker.io", "registry-1.docker.io"];
 
+/// Whether `host` is canonical already, as most image hosts are, so that the hot path can skip
+/// [`canonical_host`]'s copy.
+pub fn is_canonical_host(host: &str) -> bool {
+    !host.bytes().any(|b| b.is_ascii_uppercase())
+        && !host.ends_with(":443")
+        && !DOCKER_HUB_ALIASES.contains(&host)
+}
+
 /// Writes the canonical form of a registry host into `buf`: ASCII lower case, without `:443`
 /// (the same HTTPS endpoint as no port), with Docker Hub's aliases folded into `docker.io`.
 /// `None` when the host is too long to be any policy's host.
@@ -30,10 +38,7 @@ pub fn canonical_host<'b>(host: &str, buf: &'b mut [u8; HOST_BUF_LEN]) -> Option
     if buf[..len].ends_with(b":443") {
         len -= 4;
     }
-    if DOCKER_HUB_ALIASES
-        .iter()
-        .any(|alias| alias.as_bytes() == &buf[..len])
-    {
+    if DOCKER_HUB_ALIASES.iter().any(|alias| alias.as_bytes() == &buf[..len]) {
         let hub = crate::image::DOCKER_HUB.as_bytes();
         buf[..hub.len()].copy_from_slice(hub);
         len = hub.len();
@@ -57,13 +62,10 @@ pub struct HostPattern {
 impl HostPattern {
     fn parse(host: &str) -> Result<Self, String> {
         if host.is_empty() || host == "*" {
-            return Err(
-                "names no registry host; an entry that allows every registry is not allowed".into(),
-            );
+            return Err("names no registry host; an entry that allows every registry is not allowed".into());
         }
         let mut buf = [0; HOST_BUF_LEN];
-        let key =
-            canonical_host(host, &mut buf).ok_or("is longer than any registry host can be")?;
+        let key = canonical_host(host, &mut buf).ok_or("is longer than any registry host can be")?;
         let is_ipv6 = key.starts_with('[');
         let name_len = if is_ipv6 {
             key.find(']').map_or(key.len(), |end| end + 1)
@@ -73,19 +75,11 @@ impl HostPattern {
         let (name, port) = key.split_at(name_len);
         if !port.is_empty() {
             let digits = &port[1..];
-            if !digits.bytes().all(|b| b.is_ascii_digit())
-                || !digits.parse::<u16>().is_ok_and(|p| p > 0)
-            {
-                return Err(format!(
-                    "has port {digits:?}, which is not a port number (1-65535)"
-                ));
+            if !digits.bytes().all(|b| b.is_ascii_digit()) || !digits.parse::<u16>().is_ok_and(|p| p > 0) {
+                return Err(format!("has port {digits:?}, which is not a port number (1-65535)"));
             }
         }
-        let labels: Vec<&str> = if is_ipv6 {
-            vec![name]
-        } else {
-            name.split('.').collect()
-        };
+        let labels: Vec<&str> = if is_ipv6 { vec![name] } else { name.split('.').collect() };
         let mut wildcards = 0u64;
         for (from_right, label) in labels.iter().rev().enumerate() {
             if *label == "*" {
@@ -94,9 +88,7 @@ impl HostPattern {
                 }
                 wildcards |= 1 << from_right;
             } else if label.contains('*') {
-                return Err(format!(
-                    "has {label:?}: a wildcard must be a whole label, as in *.example.com"
-                ));
+                return Err(format!("has {label:?}: a wildcard must be a whole label, as in *.example.com"));
             }
         }
         let fixed = labels.len() - wildcards.count_ones() as usize;
@@ -110,12 +102,7 @@ impl HostPattern {
         if !grammar::is_domain_and_port(&as_host) {
             return Err("is not a valid host name[:port]".into());
         }
-        Ok(HostPattern {
-            key: key.into(),
-            name_len,
-            wildcards,
-            labels: labels.len(),
-        })
+        Ok(HostPattern { key: key.into(), name_len, wildcards, labels: labels.len() })
     }
 
     /// Whether a canonical host is this one, or fits this wildcard.
@@ -144,10 +131,7 @@ impl HostPattern {
     /// Which labels are wildcards, and how many labels there are: hosts of one shape share a
     /// lookup in the matcher.
     pub fn shape(&self) -> WildcardShape {
-        WildcardShape {
-            labels: self.labels,
-            wildcards: self.wildcards,
-        }
+        WildcardShape { labels: self.labels, wildcards: self.wildcards }
     }
 }
 
@@ -162,10 +146,7 @@ impl WildcardShape {
     /// More specific shapes first: fewer wildcards, then wildcards further left (`*.b.example.com`
     /// before `a.*.example.com`). Exact hosts come before every wildcard shape.
     pub fn specificity(&self) -> (u32, std::cmp::Reverse<u64>) {
-        (
-            self.wildcards.count_ones(),
-            std::cmp::Reverse(self.wildcards),
-        )
+        (self.wildcards.count_ones(), std::cmp::Reverse(self.wildcards))
     }
 
     /// Writes `host` (canonical) with this shape's labels replaced by `*`, or `None` when the
@@ -174,23 +155,19 @@ impl WildcardShape {
         if host.starts_with('[') {
             return None;
         }
-        let (name, port) = host.split_at(host.find(':').unwrap_or(host.len()));
-        if name.bytes().filter(|&b| b == b'.').count() + 1 != self.labels {
+        let (name, port) = host.split_at(grammar::find_byte(host, b':').unwrap_or(host.len()));
+        if label_count(name) != self.labels {
             return None;
         }
         let mut len = 0;
-        for (from_left, label) in name.split('.').enumerate() {
+        for (from_left, label) in name.as_bytes().split(|&b| b == b'.').enumerate() {
             if from_left > 0 {
                 buf[len] = b'.';
                 len += 1;
             }
             let from_right = self.labels - 1 - from_left;
-            let text = if self.wildcards & (1 << from_right) != 0 {
-                "*"
-            } else {
-                label
-            };
-            buf[len..len + text.len()].copy_from_slice(text.as_bytes());
+            let text = if self.wildcards & (1 << from_right) != 0 { b"*" } else { label };
+            buf[len..len + text.len()].copy_from_slice(text);
             len += text.len();
         }
         buf[len..len + port.len()].copy_from_slice(port.as_bytes());
@@ -202,6 +179,11 @@ impl WildcardShape {
     pub fn label_count(&self) -> usize {
         self.labels
     }
+}
+
+/// Number of DNS labels of a host name (without port).
+pub fn label_count(name: &str) -> usize {
+    name.bytes().filter(|&b| b == b'.').count() + 1
 }
 
 /// A policy URL: host pattern plus repository path prefix (`ghcr.io/acme` covers
@@ -225,9 +207,7 @@ impl RegistryPattern {
         let without_scheme = ["https://", "http://"]
             .iter()
             .find_map(|scheme| {
-                url.get(..scheme.len())
-                    .filter(|s| s.eq_ignore_ascii_case(scheme))
-                    .map(|s| &url[s.len()..])
+                url.get(..scheme.len()).filter(|s| s.eq_ignore_ascii_case(scheme)).map(|s| &url[s.len()..])
             })
             .unwrap_or(url);
         if without_scheme.contains("://") {
@@ -249,24 +229,15 @@ impl RegistryPattern {
                 ));
             }
             if path.split('/').count() > MAX_PATH_DEPTH {
-                return Err(format!(
-                    "has a path deeper than {MAX_PATH_DEPTH} components"
-                ));
+                return Err(format!("has a path deeper than {MAX_PATH_DEPTH} components"));
             }
         }
-        Ok(RegistryPattern {
-            host,
-            path: path.into(),
-        })
+        Ok(RegistryPattern { host, path: path.into() })
     }
 
     /// Number of path components (0 for the whole host).
     pub fn depth(&self) -> usize {
-        if self.path.is_empty() {
-            0
-        } else {
-            self.path.split('/').count()
-        }
+        if self.path.is_empty() { 0 } else { self.path.split('/').count() }
     }
 }
 
@@ -285,18 +256,13 @@ mod tests {
     use super::*;
 
     fn canonical(url: &str) -> String {
-        RegistryPattern::parse(url)
-            .map(|p| p.to_string())
-            .unwrap_or_else(|e| format!("error: {e}"))
+        RegistryPattern::parse(url).map(|p| p.to_string()).unwrap_or_else(|e| format!("error: {e}"))
     }
 
     #[test]
     fn urls_are_canonical() {
         assert_eq!(canonical("https://GHCR.io/acme/"), "ghcr.io/acme");
-        assert_eq!(
-            canonical("registry.example.com:443/team"),
-            "registry.example.com/team"
-        );
+        assert_eq!(canonical("registry.example.com:443/team"), "registry.example.com/team");
         assert_eq!(canonical("index.docker.io/library"), "docker.io/library");
         assert_eq!(canonical("registry-1.docker.io"), "docker.io");
         assert_eq!(canonical("[::1]:5000/x"), "[::1]:5000/x");
@@ -305,44 +271,18 @@ mod tests {
 
     #[test]
     fn allow_everything_entries_are_refused() {
-        for url in [
-            "",
-            " ",
-            "*",
-            "https://",
-            "*/",
-            "*.io",
-            "*.*.com",
-            "foo*.com",
-            "ghcr.io/*",
-            "a b.com",
-        ] {
-            assert!(
-                RegistryPattern::parse(url).is_err(),
-                "{url:?} must be refused"
-            );
+        for url in ["", " ", "*", "https://", "*/", "*.io", "*.*.com", "foo*.com", "ghcr.io/*", "a b.com"] {
+            assert!(RegistryPattern::parse(url).is_err(), "{url:?} must be refused");
         }
     }
 
     #[test]
     fn masks_put_wildcards_where_the_shape_has_them() {
-        let shape = RegistryPattern::parse("*.azurecr.io")
-            .expect("valid")
-            .host
-            .shape();
+        let shape = RegistryPattern::parse("*.azurecr.io").expect("valid").host.shape();
         let mut buf = [0; HOST_BUF_LEN];
-        assert_eq!(
-            shape.mask("acme.azurecr.io", &mut buf),
-            Some("*.azurecr.io")
-        );
+        assert_eq!(shape.mask("acme.azurecr.io", &mut buf), Some("*.azurecr.io"));
         assert_eq!(shape.mask("a.b.azurecr.io", &mut buf), None);
-        let ported = RegistryPattern::parse("*.corp.example:5000")
-            .expect("valid")
-            .host
-            .shape();
-        assert_eq!(
-            ported.mask("reg.corp.example:5000", &mut buf),
-            Some("*.corp.example:5000")
-        );
+        let ported = RegistryPattern::parse("*.corp.example:5000").expect("valid").host.shape();
+        assert_eq!(ported.mask("reg.corp.example:5000", &mut buf), Some("*.corp.example:5000"));
     }
 }

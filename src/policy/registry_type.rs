@@ -84,9 +84,7 @@ impl RegistryType {
 
     /// The type a misspelled name most likely meant (`ghcr` → `GHCR`).
     pub fn closest_to(name: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.name().eq_ignore_ascii_case(name))
+        Self::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(name))
     }
 
     /// Whether a pull secret may be named. Public registries are pulled anonymously; a secret
@@ -97,27 +95,14 @@ impl RegistryType {
 
     pub fn credentials(self) -> Option<Credentials> {
         let (username, password) = match self {
-            RegistryType::DockerHub => {
-                ("Docker Hub user name", "personal access token (read-only)")
-            }
+            RegistryType::DockerHub => ("Docker Hub user name", "personal access token (read-only)"),
             RegistryType::Ghcr => ("GitHub user name", "token with read:packages"),
-            RegistryType::GitHubEnterprise => {
-                ("GitHub Enterprise user name", "token with read:packages")
-            }
+            RegistryType::GitHubEnterprise => ("GitHub Enterprise user name", "token with read:packages"),
             RegistryType::GitLab => ("user or deploy-token name", "token with read_registry"),
-            RegistryType::Ecr => (
-                "AWS",
-                "`aws ecr get-login-password` output (expires after 12 hours)",
-            ),
-            RegistryType::EcrPublic => (
-                "AWS (optional)",
-                "`aws ecr-public get-login-password` output",
-            ),
+            RegistryType::Ecr => ("AWS", "`aws ecr get-login-password` output (expires after 12 hours)"),
+            RegistryType::EcrPublic => ("AWS (optional)", "`aws ecr-public get-login-password` output"),
             RegistryType::Gcr | RegistryType::Gar => ("_json_key", "service account key JSON"),
-            RegistryType::Acr => (
-                "service principal (application) id",
-                "service principal password",
-            ),
+            RegistryType::Acr => ("service principal (application) id", "service principal password"),
             RegistryType::Quay => ("robot account name", "robot account token"),
             RegistryType::Harbor => ("user or robot account name", "password or robot secret"),
             RegistryType::Nexus | RegistryType::Generic => ("user name", "password or token"),
@@ -162,11 +147,7 @@ impl RegistryType {
             | RegistryType::Generic
             | RegistryType::Public => true,
         };
-        if fits {
-            Ok(())
-        } else {
-            Err(format!("{self} registries look like {}", self.url_shape()))
-        }
+        if fits { Ok(()) } else { Err(format!("{self} registries look like {}", self.url_shape())) }
     }
 
     /// The URL shape, in words, for error messages and docs.
@@ -203,28 +184,12 @@ impl fmt::Display for RegistryType {
 /// `ACCOUNT.dkr.ecr[-fips].REGION.amazonaws.com[.cn]` or the dual-stack
 /// `ACCOUNT.dkr-ecr[-fips].REGION.on.aws`; account and region may be wildcards.
 fn is_ecr_host(labels: &[&str]) -> bool {
-    let account_ok = |label: &str| {
-        label == "*" || (label.len() == 12 && label.bytes().all(|b| b.is_ascii_digit()))
-    };
+    let account_ok =
+        |label: &str| label == "*" || (label.len() == 12 && label.bytes().all(|b| b.is_ascii_digit()));
     let region_ok = |label: &str| label == "*" || is_aws_region(label);
     match labels {
-        [
-            account,
-            "dkr",
-            "ecr" | "ecr-fips",
-            region,
-            "amazonaws",
-            "com",
-        ]
-        | [
-            account,
-            "dkr",
-            "ecr" | "ecr-fips",
-            region,
-            "amazonaws",
-            "com",
-            "cn",
-        ]
+        [account, "dkr", "ecr" | "ecr-fips", region, "amazonaws", "com"]
+        | [account, "dkr", "ecr" | "ecr-fips", region, "amazonaws", "com", "cn"]
         | [account, "dkr-ecr" | "dkr-ecr-fips", region, "on", "aws"] => {
             account_ok(account) && region_ok(region)
         }
@@ -236,12 +201,8 @@ fn is_ecr_host(labels: &[&str]) -> bool {
 fn is_aws_region(label: &str) -> bool {
     let parts: Vec<&str> = label.split('-').collect();
     parts.len() >= 3
-        && parts
-            .last()
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        && parts[..parts.len() - 1]
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts.last().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        && parts[..parts.len() - 1].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
 }
 
 /// Azure container registry names are 5 to 50 letters and digits.

@@ -17,6 +17,9 @@
 # The last line on stdout is the bin directory, so callers can do
 #   BIN=$(tests/controlplane/build.sh | tail -n1)
 set -euo pipefail
+# The whole script is one { } block so bash parses it before running: editing
+# or updating this file while a build runs cannot break the running copy.
+{
 
 K8S_VERSION="${REGISTRY_GATE_K8S_VERSION:-v1.37.2}"
 CACHE="${REGISTRY_GATE_CONTROLPLANE_CACHE:-${HOME}/.cache/registry-gate/controlplane/${K8S_VERSION}}"
@@ -30,7 +33,6 @@ cache_ok() {
   [[ -f "${STAMP}" ]] || return 1
   local b
   for b in kube-apiserver kubectl etcd; do [[ -x "${BIN}/${b}" ]] || return 1; done
-  # shellcheck disable=SC1090
   local K8S_BUILT ETCD_BUILT
   K8S_BUILT="$(sed -n 's/^K8S_VERSION=//p' "${STAMP}")"
   ETCD_BUILT="$(sed -n 's/^ETCD_VERSION=//p' "${STAMP}")"
@@ -103,6 +105,7 @@ mapfile -t STAGING < <(
 [[ ${#STAGING[@]} -gt 0 ]] || die "found no staging replace directives in ${K8S_GOMOD}"
 
 if [[ -z "${REGISTRY_GATE_ETCD_VERSION:-}" ]]; then
+  # shellcheck disable=SC2016 # the ${...} is literal text of etcd.sh
   ETCD_VERSION="v$(sed -n 's/^ETCD_VERSION=\${ETCD_VERSION:-\([0-9][0-9.a-z-]*\)}.*/\1/p' "${K8S_DIR}/hack/lib/etcd.sh" | head -n1)"
   [[ "${ETCD_VERSION}" != v ]] || die "could not read ETCD_VERSION from ${K8S_DIR}/hack/lib/etcd.sh; set REGISTRY_GATE_ETCD_VERSION"
 else
@@ -241,7 +244,7 @@ log "building etcd"
 log "etcd built in $((SECONDS - t0))s"
 
 "${TMPBIN}/kube-apiserver" --version >&2
-"${TMPBIN}/etcd" --version | head -n1 >&2
+"${TMPBIN}/etcd" --version >&2
 
 rm -rf "${BIN}"
 mv "${TMPBIN}" "${BIN}"
@@ -252,3 +255,5 @@ mv "${TMPBIN}" "${BIN}"
 } >"${STAMP}"
 log "done in ${SECONDS}s; cache size $(du -sh "${CACHE}" | cut -f1)"
 print_result
+exit
+}

@@ -1,0 +1,113 @@
+//! The `registry-gate` binary as CI pipelines call it: exit codes, JSON shape, manifests.
+
+use std::process::{Command, Output};
+
+fn registry_gate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_registry-gate"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+const POLICY: &str = "policy/example-all-types.yaml";
+
+#[test]
+fn allowed_images_exit_zero() {
+    let output = registry_gate(&["check", "--policy", POLICY, "nginx", "ghcr.io/acme/api:1"]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn json_output_names_each_image_and_why() {
+    let output = registry_gate(&[
+        "check",
+        "-p",
+        POLICY,
+        "-o",
+        "json",
+        "nginx",
+        "ghcr.io/acme-evil/api",
+        "docker///bad",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let reports: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    let nginx = &reports[0];
+    assert_eq!(nginx["decision"], "allowed");
+    assert_eq!(nginx["registry"], "hub-official-images");
+    assert_eq!(nginx["pullSecret"], serde_json::Value::Null);
+    assert_eq!(nginx["reference"]["normalized"], "docker.io/library/nginx:latest");
+    assert_eq!(nginx["reference"]["path"], "library/nginx");
+    let evil = &reports[1];
+    assert_eq!(evil["decision"], "denied");
+    assert!(
+        evil["reason"].as_str().is_some_and(|r| r.contains("registered on ghcr.io: ghcr.io/acme")),
+        "{evil}"
+    );
+    let invalid = &reports[2];
+    assert_eq!((invalid["valid"].as_bool(), invalid["reference"].is_null()), (Some(false), true));
+    assert_eq!(invalid["error"], "invalid reference format");
+    for key in ["image", "valid", "error", "reference", "decision", "registry", "pullSecret", "reason"] {
+        assert!(invalid.get(key).is_some(), "every report has {key}");
+    }
+}
+
+#[test]
+fn manifests_report_every_image_with_its_field_path() {
+    let output =
+        registry_gate(&["check", "-p", POLICY, "-o", "json", "-f", "tests/data/manifests/workloads.yaml"]);
+    assert_eq!(output.status.code(), Some(1), "two images are denied");
+    let reports: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    let rows: Vec<(String, String, String)> = reports
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|r| {
+            let text = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+            (format!("{} {}", text("object"), text("location")), text("namespace"), text("decision"))
+        })
+        .collect();
+    let row = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
+    assert_eq!(
+        rows,
+        [
+            row("Pod/web spec.containers[0].image", "shop", "allowed"),
+            row("Pod/web spec.initContainers[0].image", "shop", "allowed"),
+            row("Pod/web spec.volumes[0].image.reference", "shop", "denied"),
+            row(
+                "CronJob/report spec.jobTemplate.spec.template.spec.containers[0].image",
+                "default",
+                "denied"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn exempt_namespaces_are_allowed_and_say_so() {
+    let output = registry_gate(&["check", "-p", POLICY, "-n", "kube-system", "evil.example.com/x"]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("exempt"));
+}
+
+#[test]
+fn a_broken_policy_or_missing_file_exits_two() {
+    let missing = registry_gate(&["check", "-p", "does/not/exist.yaml", "nginx"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("does/not/exist.yaml"));
+    let manifest_as_policy = registry_gate(&["check", "-p", "tests/data/manifests/workloads.yaml", "nginx"]);
+    assert_eq!(manifest_as_policy.status.code(), Some(2));
+    let nothing = registry_gate(&["check", "-p", POLICY]);
+    assert_eq!(nothing.status.code(), Some(2));
+}
+
+#[test]
+fn policy_validate_lists_problems_and_exits_one() {
+    let valid = registry_gate(&["policy", "validate", POLICY]);
+    assert_eq!(valid.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&valid.stdout).contains("19 registries"));
+    let invalid = registry_gate(&["policy", "validate", "tests/data/manifests/workloads.yaml"]);
+    assert_eq!(invalid.status.code(), Some(1));
+    let errors = String::from_utf8_lossy(&invalid.stderr);
+    assert!(errors.contains("holds more than one YAML document"), "{errors}");
+}

@@ -115,7 +115,10 @@ fn decide(policy: &Policy, image: &str) -> bool {
 fn per_image(images: &[String], mut decide: impl FnMut(&str) -> bool) -> impl FnMut() -> bool {
     let mut next = 0;
     move || {
-        next = (next + 1) % images.len();
+        next += 1;
+        if next == images.len() {
+            next = 0;
+        }
         decide(black_box(&images[next]))
     }
 }

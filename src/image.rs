@@ -9,6 +9,7 @@
 //! allocates on success, which keeps a per-image decision in the tens of nanoseconds
 //! (`benches/decision.rs`). Errors may allocate; they are off the hot path.
 
+mod common;
 pub mod digest;
 pub mod grammar;
 
@@ -150,6 +151,15 @@ impl<'a> Reference<'a> {
     /// dropped because the runtime pulls by digest. On top of that it refuses bare image IDs and
     /// references without a registry host.
     pub fn parse(image: &'a str) -> Result<Self, ParseError> {
+        if let Some(reference) = common::parse(image) {
+            return Ok(reference);
+        }
+        Self::parse_exactly(image)
+    }
+
+    /// [`Reference::parse`] by the letter of the Go code, for every input: the reference that
+    /// the one-pass reader of common shapes must agree with.
+    pub fn parse_exactly(image: &'a str) -> Result<Self, ParseError> {
         let reference = match Self::parse_docker_ref(image, DigestAlgorithms::ALL) {
             Ok(reference) => reference,
             Err(ParseError::Identifier(_)) => return Err(ParseError::ImageId),
@@ -406,6 +416,26 @@ mod tests {
     }
 
     #[test]
+    fn common_shapes_take_the_fast_path_and_agree_with_the_exact_one() {
+        let digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        for image in [
+            "nginx".to_owned(),
+            "nginx:1.27".to_owned(),
+            "acme/app:v1.2.3-rc.1".to_owned(),
+            "docker.io/nginx".to_owned(),
+            "ghcr.io/acme/api:1".to_owned(),
+            "registry.example.com:5000/team/app__x/y-z".to_owned(),
+            format!("123456789012.dkr.ecr.us-east-1.amazonaws.com/app:1@{digest}"),
+            "localhost:5000".to_owned(),
+            "localhost/app".to_owned(),
+        ] {
+            let fast = common::parse(&image);
+            assert!(fast.is_some(), "{image} takes the fast path");
+            assert_eq!(fast.map(Ok), Some(Reference::parse_exactly(&image)), "{image}");
+        }
+    }
+
+    #[test]
     fn a_name_without_a_valid_host_is_refused() {
         assert_eq!(Reference::parse("foo_bar.com/app"), Err(ParseError::NoDomain));
     }
@@ -462,6 +492,15 @@ mod tests {
             let joined = format!("{}/{prefix}{}", split.domain, split.remainder);
             let slow = Reference::parse_strict(&joined, DigestAlgorithms::ALL);
             prop_assert_eq!(fast.map(|r| r.to_string()), slow.map(|r| r.to_string()));
+        }
+
+        // The one-pass reader may decline any input, but what it accepts must be exactly what the
+        // Go port says.
+        #[test]
+        fn the_fast_path_agrees_with_the_exact_one(image in image_like()) {
+            if let Some(fast) = common::parse(&image) {
+                prop_assert_eq!(Ok(fast), Reference::parse_exactly(&image));
+            }
         }
 
         #[test]

@@ -1,129 +1,116 @@
 //! The compiled matcher: per-image decisions in tens of nanoseconds, whatever the policy's size.
 //!
-//! Hosts sit in a hash map (canonical `name[:port]` keys); each host keeps its path prefixes in a
-//! second map plus a bit set of the depths (number of path components) at which it has any. A
-//! decision is one host lookup, then one prefix lookup per depth present, deepest first, so the
-//! most specific entry is found first and the cost does not grow with the number of entries.
-//! Wildcard hosts (`*.azurecr.io`) live in the same map under their masked name; the matcher masks
-//! the image's host once per distinct wildcard shape, and there are only a handful of shapes.
+//! Exact hosts sit in a hash map keyed by canonical `name[:port]`. Wildcard hosts sit in one
+//! table per shape (`*.azurecr.io` and `*.corp.example` share a shape: one leading wildcard of
+//! three labels), keyed by the part of the host the wildcard does not cover, which for leading
+//! wildcards is a plain suffix of the image's host: no copy. There are only a handful of shapes.
 //!
-//! Nothing here allocates on the hot path: hosts and paths are rewritten in stack buffers.
+//! Each host keeps its allow and deny path prefixes. A host with a few prefixes scans them,
+//! deepest first; one with many (ghcr.io with thousands of owners) looks each depth up in a hash
+//! map instead, so a decision costs one host lookup, a lookup per wildcard shape of the right
+//! length, and a lookup per path depth in use, however many entries the policy has.
+//!
+//! Nothing here allocates on the hot path.
 
 use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
 
-use super::pattern::{HOST_BUF_LEN, MAX_PATH_DEPTH, RegistryPattern, WildcardShape, label_count};
-use crate::image::grammar;
+use super::pattern::{RegistryPattern, WildcardShape};
 
 /// Room for a repository path (255) with `library/` written in front of it.
 pub(super) const PATH_BUF_LEN: usize = crate::image::PATH_MAX_LEN + 8;
-/// Candidate hosts (the exact one and wildcard shapes) kept on the stack before spilling.
-const INLINE_CANDIDATES: usize = 8;
+/// Up to this many prefixes on one host, a scan beats hashing (measured with callgrind: a
+/// foldhash lookup of a short key costs about as much as four prefix comparisons).
+const SCAN_LIMIT: usize = 8;
 
-/// Entries indexed for lookup: registries for allow, deny rules for deny.
+/// The allow and deny rules of a policy, indexed by host.
 #[derive(Debug, Default)]
 pub(super) struct Index {
-    hosts: HashMap<Box<str>, HostRules, RandomState>,
-    /// Distinct wildcard shapes, most specific first.
-    shapes: Vec<WildcardShape>,
+    exact: HashMap<Box<str>, HostRules, RandomState>,
+    /// One table per wildcard shape, most specific shape first.
+    wildcards: Vec<(WildcardShape, HashMap<Box<str>, HostRules, RandomState>)>,
+}
+
+/// What an image's host and path matched: entry positions in the policy's lists.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Matches {
+    pub(super) allow: Option<usize>,
+    pub(super) deny: Option<usize>,
 }
 
 #[derive(Debug, Default)]
 struct HostRules {
-    /// Entry index by path prefix; `""` covers the whole host.
-    by_prefix: HashMap<Box<str>, usize, RandomState>,
-    /// Bit `d` is set when some prefix has `d` components.
-    depths: u64,
+    allow: Prefixes,
+    deny: Prefixes,
 }
 
-impl Index {
-    /// Indexes patterns by position; the caller has refused duplicate patterns, so each
-    /// (host, prefix) holds one entry.
-    pub(super) fn build<'p>(patterns: impl IntoIterator<Item = &'p RegistryPattern>) -> Self {
-        let mut index = Index::default();
-        for (position, pattern) in patterns.into_iter().enumerate() {
-            let rules = index.hosts.entry(pattern.host.key().into()).or_default();
-            rules.by_prefix.entry(pattern.path.clone()).or_insert(position);
-            rules.depths |= 1 << pattern.depth();
-            if pattern.host.is_wildcard() && !index.shapes.contains(&pattern.host.shape()) {
-                index.shapes.push(pattern.host.shape());
+/// Path prefixes of one host, each with the position of its entry.
+#[derive(Debug)]
+enum Prefixes {
+    /// Few prefixes, deepest first.
+    Scan(Vec<(Box<str>, usize)>),
+    /// Many: by prefix, with bit `d` of `depths` set when some prefix has `d` components.
+    Hashed { by_prefix: HashMap<Box<str>, usize, RandomState>, depths: u64 },
+}
+
+impl Default for Prefixes {
+    fn default() -> Self {
+        Prefixes::Scan(Vec::new())
+    }
+}
+
+/// Whether the prefix (empty for the whole host) covers the path on a `/` boundary.
+fn covers(prefix: &str, path: &str) -> bool {
+    prefix.is_empty()
+        || (path.starts_with(prefix) && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'))
+}
+
+fn depth_of(prefix: &str) -> usize {
+    if prefix.is_empty() { 0 } else { prefix.bytes().filter(|&b| b == b'/').count() + 1 }
+}
+
+impl Prefixes {
+    fn insert(&mut self, prefix: &str, position: usize) {
+        if let Prefixes::Scan(list) = self {
+            if list.len() < SCAN_LIMIT {
+                list.push((prefix.into(), position));
+                list.sort_by_key(|(p, _)| std::cmp::Reverse(depth_of(p)));
+                return;
             }
+            let mut by_prefix = HashMap::default();
+            let mut depths = 0u64;
+            for (p, e) in list.drain(..) {
+                depths |= 1 << depth_of(&p);
+                by_prefix.insert(p, e);
+            }
+            *self = Prefixes::Hashed { by_prefix, depths };
         }
-        index.shapes.sort_by_key(WildcardShape::specificity);
-        index
+        if let Prefixes::Hashed { by_prefix, depths } = self {
+            *depths |= 1 << depth_of(prefix);
+            by_prefix.entry(prefix.into()).or_insert(position);
+        }
     }
 
-    pub(super) fn is_empty(&self) -> bool {
-        self.hosts.is_empty()
-    }
-
-    /// The most specific entry covering `host` (canonical) and `path`: the deepest prefix first,
-    /// and at equal depth the exact host before wildcard hosts.
-    pub(super) fn lookup(&self, host: &str, path: &str) -> Option<usize> {
-        let mut candidates = Candidates::default();
-        // Wildcard rules are stored under their masked name; image hosts never contain `*`, so
-        // an exact lookup cannot hit them by accident.
-        if let Some(rules) = self.hosts.get(host) {
-            candidates.push(rules);
-        }
-        if !self.shapes.is_empty() && !host.starts_with('[') {
-            let name = &host[..grammar::find_byte(host, b':').unwrap_or(host.len())];
-            let labels = label_count(name);
-            let mut mask_buf = [0u8; HOST_BUF_LEN];
-            for shape in self.shapes.iter().filter(|shape| shape.label_count() == labels) {
-                if let Some(rules) = shape.mask(host, &mut mask_buf).and_then(|masked| self.hosts.get(masked))
-                {
-                    candidates.push(rules);
-                }
+    /// The deepest prefix covering `path`, as (depth, entry).
+    fn deepest(&self, path: &str) -> Option<(usize, usize)> {
+        match self {
+            Prefixes::Scan(list) => {
+                list.iter().find(|(prefix, _)| covers(prefix, path)).map(|(p, e)| (depth_of(p), *e))
             }
-        }
-        if candidates.count == 0 {
-            return None;
-        }
-        let depths = candidates.depths;
-        let components = if path.is_empty() { 0 } else { path.bytes().filter(|&b| b == b'/').count() + 1 };
-        // Depths present, deepest first, that the path is deep enough for.
-        let mut remaining = depths & (u64::MAX >> (63 - components.min(MAX_PATH_DEPTH)));
-        while remaining != 0 {
-            let depth = (u64::BITS - 1 - remaining.leading_zeros()) as usize;
-            remaining &= !(1 << depth);
-            let prefix = &path[..prefix_end(path, depth)];
-            for rules in candidates.iter() {
-                if rules.depths & (1 << depth) != 0 {
-                    if let Some(&entry) = rules.by_prefix.get(prefix) {
-                        return Some(entry);
+            Prefixes::Hashed { by_prefix, depths } => {
+                let components = depth_of(path);
+                let mut remaining = depths & (u64::MAX >> (63 - components.min(63)));
+                while remaining != 0 {
+                    let depth = (u64::BITS - 1 - remaining.leading_zeros()) as usize;
+                    remaining &= !(1 << depth);
+                    if let Some(&entry) = by_prefix.get(&path[..prefix_end(path, depth)]) {
+                        return Some((depth, entry));
                     }
                 }
+                None
             }
         }
-        None
-    }
-}
-
-/// The hosts whose rules apply to one image: the exact host first, then wildcard shapes in order.
-#[derive(Default)]
-struct Candidates<'i> {
-    inline: [Option<&'i HostRules>; INLINE_CANDIDATES],
-    /// Only a policy with more than seven wildcard shapes matching one host spills here.
-    spilled: Vec<&'i HostRules>,
-    count: usize,
-    /// Union of the candidates' depths.
-    depths: u64,
-}
-
-impl<'i> Candidates<'i> {
-    fn push(&mut self, rules: &'i HostRules) {
-        self.depths |= rules.depths;
-        match self.inline.get_mut(self.count) {
-            Some(slot) => *slot = Some(rules),
-            None => self.spilled.push(rules),
-        }
-        self.count += 1;
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &'i HostRules> + '_ {
-        self.inline.iter().flatten().copied().chain(self.spilled.iter().copied())
     }
 }
 
@@ -142,6 +129,78 @@ fn prefix_end(path: &str, depth: usize) -> usize {
         }
     }
     path.len()
+}
+
+/// Keeps the deeper of two matches; at equal depth the one found first (exact host before
+/// wildcard shapes, shapes in specificity order).
+fn deeper(best: Option<(usize, usize)>, found: Option<(usize, usize)>) -> Option<(usize, usize)> {
+    match (best, found) {
+        (Some((best_depth, _)), Some((depth, _))) if depth > best_depth => found,
+        (None, found) => found,
+        (best, _) => best,
+    }
+}
+
+impl Index {
+    /// Indexes the allow patterns and the deny patterns by position. The policy has refused
+    /// duplicate allow patterns; a repeated deny pattern keeps its first position.
+    pub(super) fn build<'p>(
+        allow: impl IntoIterator<Item = &'p RegistryPattern>,
+        deny: impl IntoIterator<Item = &'p RegistryPattern>,
+    ) -> Self {
+        let mut index = Index::default();
+        let allow = allow.into_iter().map(|p| (p, false));
+        let deny = deny.into_iter().map(|p| (p, true));
+        let mut positions = (0usize, 0usize);
+        for (pattern, is_deny) in allow.chain(deny) {
+            let position = if is_deny { &mut positions.1 } else { &mut positions.0 };
+            let rules = index.rules_for(pattern);
+            let prefixes = if is_deny { &mut rules.deny } else { &mut rules.allow };
+            if prefixes.deepest(&pattern.path).is_none_or(|(depth, _)| depth != pattern.depth()) {
+                prefixes.insert(&pattern.path, *position);
+            }
+            *position += 1;
+        }
+        index.wildcards.sort_by_key(|(shape, _)| shape.specificity());
+        index
+    }
+
+    fn rules_for(&mut self, pattern: &RegistryPattern) -> &mut HostRules {
+        if !pattern.host.is_wildcard() {
+            return self.exact.entry(pattern.host.key().into()).or_default();
+        }
+        let shape = pattern.host.shape();
+        let table = match self.wildcards.iter().position(|(s, _)| *s == shape) {
+            Some(i) => i,
+            None => {
+                self.wildcards.push((shape, HashMap::default()));
+                self.wildcards.len() - 1
+            }
+        };
+        let key = shape.pattern_key(&pattern.host);
+        self.wildcards[table].1.entry(key.into()).or_default()
+    }
+
+    /// The most specific allow and deny entries covering `host` (canonical) and `path`: the
+    /// deepest prefix first, and at equal depth the exact host before wildcard hosts.
+    pub(super) fn lookup(&self, host: &str, path: &str) -> Matches {
+        let mut allow = None;
+        let mut deny = None;
+        let mut visit = |rules: &HostRules| {
+            allow = deeper(allow, rules.allow.deepest(path));
+            deny = deeper(deny, rules.deny.deepest(path));
+        };
+        if let Some(rules) = self.exact.get(host) {
+            visit(rules);
+        }
+        let mut mask_buf = None;
+        for (shape, table) in &self.wildcards {
+            if let Some(rules) = shape.key(host, &mut mask_buf).and_then(|key| table.get(key)) {
+                visit(rules);
+            }
+        }
+        Matches { allow: allow.map(|(_, e)| e), deny: deny.map(|(_, e)| e) }
+    }
 }
 
 /// Writes `prefix` and `rest` into `buf` as one string (`library/` + `nginx`).
@@ -163,25 +222,44 @@ mod tests {
     fn index(urls: &[&str]) -> Index {
         let patterns: Vec<RegistryPattern> =
             urls.iter().map(|u| RegistryPattern::parse(u).expect("valid url")).collect();
-        Index::build(&patterns)
+        Index::build(&patterns, [])
+    }
+
+    fn allow(index: &Index, host: &str, path: &str) -> Option<usize> {
+        index.lookup(host, path).allow
     }
 
     #[test]
     fn deepest_prefix_wins_and_boundaries_hold() {
         let index = index(&["ghcr.io", "ghcr.io/acme", "ghcr.io/acme/team"]);
-        assert_eq!(index.lookup("ghcr.io", "acme/team/app"), Some(2));
-        assert_eq!(index.lookup("ghcr.io", "acme/app"), Some(1));
-        assert_eq!(index.lookup("ghcr.io", "acme-evil/app"), Some(0));
-        assert_eq!(index.lookup("ghcr.io", "acme"), Some(1));
-        assert_eq!(index.lookup("ghcr.io.evil.io", "acme/app"), None);
+        assert_eq!(allow(&index, "ghcr.io", "acme/team/app"), Some(2));
+        assert_eq!(allow(&index, "ghcr.io", "acme/app"), Some(1));
+        assert_eq!(allow(&index, "ghcr.io", "acme-evil/app"), Some(0));
+        assert_eq!(allow(&index, "ghcr.io", "acme"), Some(1));
+        assert_eq!(allow(&index, "ghcr.io.evil.io", "acme/app"), None);
+    }
+
+    #[test]
+    fn many_prefixes_on_one_host_are_hashed_and_agree() {
+        let urls: Vec<String> =
+            (0..50).map(|i| format!("ghcr.io/org{i}")).chain(["ghcr.io/org7/team".into()]).collect();
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+        let index = index(&urls);
+        assert_eq!(allow(&index, "ghcr.io", "org7/team/app"), Some(50));
+        assert_eq!(allow(&index, "ghcr.io", "org7/app"), Some(7));
+        assert_eq!(allow(&index, "ghcr.io", "org7-evil/app"), None);
+        assert_eq!(allow(&index, "ghcr.io", "org49"), Some(49));
     }
 
     #[test]
     fn exact_hosts_beat_wildcards_at_equal_depth() {
-        let index = index(&["*.azurecr.io", "acme.azurecr.io", "*.azurecr.io/team"]);
-        assert_eq!(index.lookup("acme.azurecr.io", "app"), Some(1));
-        assert_eq!(index.lookup("other.azurecr.io", "app"), Some(0));
-        assert_eq!(index.lookup("acme.azurecr.io", "team/app"), Some(2));
-        assert_eq!(index.lookup("a.b.azurecr.io", "app"), None);
+        let index = index(&["*.azurecr.io", "acme.azurecr.io", "*.azurecr.io/team", "a.*.example.com"]);
+        assert_eq!(allow(&index, "acme.azurecr.io", "app"), Some(1));
+        assert_eq!(allow(&index, "other.azurecr.io", "app"), Some(0));
+        assert_eq!(allow(&index, "acme.azurecr.io", "team/app"), Some(2));
+        assert_eq!(allow(&index, "a.b.azurecr.io", "app"), None);
+        assert_eq!(allow(&index, "azurecr.io", "app"), None);
+        assert_eq!(allow(&index, "a.b.example.com", "app"), Some(3));
+        assert_eq!(allow(&index, "b.b.example.com", "app"), None);
     }
 }

@@ -107,8 +107,7 @@ pub struct Policy {
     pub exempt_namespaces: Vec<NamespacePattern>,
     pub registries: Vec<Registry>,
     pub deny: Vec<DenyRule>,
-    allow_index: Index,
-    deny_index: Index,
+    index: Index,
 }
 
 /// The verdict on one image.
@@ -157,9 +156,8 @@ impl Policy {
         registries: Vec<Registry>,
         deny: Vec<DenyRule>,
     ) -> Self {
-        let allow_index = Index::build(registries.iter().map(|r| &r.pattern));
-        let deny_index = Index::build(deny.iter().map(|d| &d.pattern));
-        Policy { mode, short_name_host, exempt_namespaces, registries, deny, allow_index, deny_index }
+        let index = Index::build(registries.iter().map(|r| &r.pattern), deny.iter().map(|d| &d.pattern));
+        Policy { mode, short_name_host, exempt_namespaces, registries, deny, index }
     }
 
     /// Whether objects in this namespace are admitted without looking at their images.
@@ -195,12 +193,11 @@ impl Policy {
                 }
             }
         };
-        if !self.deny_index.is_empty() {
-            if let Some(rule) = self.deny_index.lookup(host, path) {
-                return Decision::Denied(Denial::DenyListed(&self.deny[rule]));
-            }
+        let matches = self.index.lookup(host, path);
+        if let Some(rule) = matches.deny {
+            return Decision::Denied(Denial::DenyListed(&self.deny[rule]));
         }
-        match self.allow_index.lookup(host, path) {
+        match matches.allow {
             Some(entry) => {
                 let registry = &self.registries[entry];
                 if registry.admits_namespace(namespace) {

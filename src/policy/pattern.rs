@@ -175,10 +175,61 @@ impl WildcardShape {
         std::str::from_utf8(&buf[..len]).ok()
     }
 
+    /// How many leftmost labels are wildcards, when those are the only wildcards (`*.azurecr.io`,
+    /// `*.*.corp.example`): then a host's key for this shape is a suffix of the host itself,
+    /// and needs no rewriting.
+    pub fn leading_wildcards(&self) -> Option<usize> {
+        let count = self.wildcards.count_ones() as usize;
+        let leading = ((1u64 << count) - 1) << (self.labels - count);
+        (self.wildcards == leading).then_some(count)
+    }
+
+    /// The key under which this shape's entries for `host` are stored: the host minus its
+    /// leading wildcard labels, or the host with `*` in the wildcard labels. `None` when the
+    /// host has another number of labels. `buf` is initialised only when the host must be
+    /// rewritten.
+    pub fn key<'s>(&self, host: &'s str, buf: &'s mut Option<[u8; HOST_BUF_LEN]>) -> Option<&'s str> {
+        match self.leading_wildcards() {
+            Some(skip) => suffix_after_labels(host, self.labels, skip),
+            None => self.mask(host, buf.get_or_insert([0; HOST_BUF_LEN])),
+        }
+    }
+
+    /// The stored key of a wildcard host pattern of this shape (see [`WildcardShape::key`]).
+    pub fn pattern_key<'p>(&self, pattern: &'p HostPattern) -> &'p str {
+        match self.leading_wildcards() {
+            Some(skip) => &pattern.key[2 * skip..],
+            None => &pattern.key,
+        }
+    }
+
     /// Whether a canonical host has this shape's label count (cheap pre-check before `mask`).
     pub fn label_count(&self) -> usize {
         self.labels
     }
+}
+
+/// What follows the first `skip` labels of a host of exactly `labels` labels (port included):
+/// `suffix_after_labels("acme.azurecr.io", 3, 1)` is `azurecr.io`. One pass over the name.
+fn suffix_after_labels(host: &str, labels: usize, skip: usize) -> Option<&str> {
+    if host.starts_with('[') {
+        return None;
+    }
+    let mut dots = 0;
+    let mut start = 0;
+    for (i, byte) in host.bytes().enumerate() {
+        match byte {
+            b'.' => {
+                dots += 1;
+                if dots == skip {
+                    start = i + 1;
+                }
+            }
+            b':' => break,
+            _ => {}
+        }
+    }
+    (dots + 1 == labels && start > 0).then(|| &host[start..])
 }
 
 /// Number of DNS labels of a host name (without port).

@@ -48,7 +48,7 @@ while [[ $# -gt 0 ]]; do
     --keep) KEEP=1; shift ;;
     --stop) STOP_DIR="$2"; shift 2 ;;
     --) shift; CMD=("$@"); break ;;
-    -h|--help) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
@@ -226,6 +226,7 @@ log "starting kube-apiserver on ${APISERVER_URL}"
   --secure-port="${APISERVER_PORT}" \
   --bind-address=127.0.0.1 \
   --advertise-address=127.0.0.1 \
+  --endpoint-reconciler-type=none \
   --service-cluster-ip-range=10.0.0.0/24 \
   --allow-privileged=true \
   --disable-admission-plugins=ServiceAccount \

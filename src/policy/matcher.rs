@@ -24,12 +24,15 @@ pub(super) const PATH_BUF_LEN: usize = crate::image::PATH_MAX_LEN + 8;
 /// foldhash lookup of a short key costs about as much as four prefix comparisons).
 const SCAN_LIMIT: usize = 8;
 
+/// Rules by host key.
+type HostTable = HashMap<Box<str>, HostRules, RandomState>;
+
 /// The allow and deny rules of a policy, indexed by host.
 #[derive(Debug, Default)]
 pub(super) struct Index {
-    exact: HashMap<Box<str>, HostRules, RandomState>,
+    exact: HostTable,
     /// One table per wildcard shape, most specific shape first.
-    wildcards: Vec<(WildcardShape, HashMap<Box<str>, HostRules, RandomState>)>,
+    wildcards: Vec<(WildcardShape, HostTable)>,
 }
 
 /// What an image's host and path matched: entry positions in the policy's lists.

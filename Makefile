@@ -1,14 +1,14 @@
-# The entry points a newcomer and CI use. `make test` is the README's test command.
+# The entry points a newcomer and CI use. `make run` and `make test` are the README's two commands.
 CARGO ?= cargo
 
 .PHONY: run test lint bench
 
-# Checks three images against the bundled example policy (the webhook server comes later).
+# The webhook on https://127.0.0.1:8443 (metrics on :9090) with the bundled default policy and
+# development certificates generated into certs/ on first run.
 run:
-	$(CARGO) run --release -- check --policy policy/example-all-types.yaml \
-		nginx ghcr.io/acme/api:1.2 ghcr.io/acme-evil/api:1.2 || test $$? -eq 1
+	$(CARGO) run --release -- serve --listen 127.0.0.1:8443 --metrics-listen 127.0.0.1:9090 --log-format text
 
-# Everything that proves registry-gate: unit, property, vector, CLI and integration tests.
+# Everything that proves registry-gate: unit, property, vector, CLI and HTTPS integration tests.
 test:
 	$(CARGO) test --locked
 

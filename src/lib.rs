@@ -8,11 +8,17 @@
 //! - [`policy`]: the registry list admins write, validated field by field and compiled into a
 //!   matcher that decides one image in tens of nanoseconds at any policy size.
 //! - [`admission`]: where images sit in Pods and in Pod-template workloads.
+//! - [`server`]: HTTPS with certificate reload, the `/validate` and `/mutate` endpoints, and the
+//!   operations port (`/metrics`, `/healthz`, `/readyz`); [`metrics`] holds what it exports.
+//! - [`certs`]: development certificates for `serve` and for tests.
 //! - [`check`]: the same decision offline, for CI pipelines (`registry-gate check`).
 //! - [`yaml`]: YAML trees that remember lines, so policy errors can point at them.
 
 pub mod admission;
+pub mod certs;
 pub mod check;
 pub mod image;
+pub mod metrics;
 pub mod policy;
+pub mod server;
 pub mod yaml;

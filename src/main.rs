@@ -1,13 +1,21 @@
 //! The `registry-gate` command line. Everything it does lives in the library; this file only
 //! reads arguments and files, prints, and picks exit codes.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use registry_gate::check::{self, DEFAULT_NAMESPACE, ImageReport};
-use registry_gate::policy::Policy;
+use registry_gate::metrics::Metrics;
+use registry_gate::policy::{Policy, PolicyStore};
+use registry_gate::server::tls::CertificateFiles;
+use registry_gate::server::{ServeOptions, Server};
+
+/// The policy `serve` uses when given none.
+const DEFAULT_POLICY: &str = include_str!("../policy/default.yaml");
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +30,38 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the admission webhook (HTTPS) and its operations port (metrics, health).
+    Serve {
+        /// Webhook address (HTTPS).
+        #[arg(long, default_value = "0.0.0.0:8443", env = "REGISTRY_GATE_LISTEN")]
+        listen: SocketAddr,
+        /// Operations address (plain HTTP): /metrics, /healthz, /readyz.
+        #[arg(long, default_value = "0.0.0.0:9090", env = "REGISTRY_GATE_METRICS_LISTEN")]
+        metrics_listen: SocketAddr,
+        /// Serving certificate (PEM chain). Without --tls-cert/--tls-key, development
+        /// certificates in --certs-dir are used, and generated there when absent.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        #[arg(long, default_value = "certs")]
+        certs_dir: PathBuf,
+        /// Policy file (YAML or JSON); without it, the bundled policy/default.yaml.
+        #[arg(long, env = "REGISTRY_GATE_POLICY")]
+        policy: Option<PathBuf>,
+        /// Log format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+        log_format: LogFormat,
+    },
+    /// Write a development CA and a serving certificate (ECDSA P-256): ca.crt, tls.crt, tls.key.
+    Certs {
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// DNS names and IP addresses to cover (default: localhost, 127.0.0.1, ::1 and the
+        /// in-cluster Service names).
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
     /// Decide images (or every image of a manifest) against a policy, as the webhook would.
     /// Exit code 0: all allowed; 1: something denied; 2: usage or policy error.
     Check {
@@ -53,6 +93,12 @@ enum PolicyCommand {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum Output {
     Text,
     Json,
@@ -62,8 +108,15 @@ enum Output {
 const EXIT_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
+    // One crypto provider for the whole process, before anything builds a TLS configuration.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve { listen, metrics_listen, tls_cert, tls_key, certs_dir, policy, log_format } => {
+            init_logging(log_format);
+            serve(listen, metrics_listen, tls_cert.zip(tls_key), &certs_dir, policy.as_deref())
+        }
+        Command::Certs { out, names } => write_certs(&out, names),
         Command::Check { policy, namespace, output, manifests, images } => {
             run_check(&policy, &namespace, output, &manifests, &images)
         }
@@ -152,5 +205,86 @@ fn validate(path: &Path) -> anyhow::Result<ExitCode> {
             registry.pattern
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn serve(
+    listen: SocketAddr,
+    metrics_listen: SocketAddr,
+    tls: Option<(PathBuf, PathBuf)>,
+    certs_dir: &Path,
+    policy_path: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let tls = match tls {
+        Some((cert, key)) => CertificateFiles { cert, key },
+        None => registry_gate::certs::ensure(certs_dir)?,
+    };
+    let store = Arc::new(PolicyStore::new(Metrics::new()));
+    let (text, source) = match policy_path {
+        Some(path) => (read(path)?, path.display().to_string()),
+        None => (DEFAULT_POLICY.to_owned(), "built-in policy/default.yaml".to_owned()),
+    };
+    match Policy::parse(&text) {
+        Ok(policy) => {
+            store.install(policy, &source);
+        }
+        Err(e) => {
+            store.reject(&e, &source);
+            anyhow::bail!("{source} is not a valid policy: {e}");
+        }
+    }
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let server = Server::bind(ServeOptions::new(listen, metrics_listen, tls), store).await?;
+        tracing::info!(
+            target: "registry_gate::server",
+            webhook = %server.webhook_addr(),
+            operations = %server.operations_addr(),
+            "serving"
+        );
+        server.run(shutdown_signal()).await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM (what the kubelet sends) or Ctrl-C.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => return interrupt.await.unwrap_or_default(),
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    interrupt.await.unwrap_or_default();
+}
+
+fn write_certs(out: &Path, names: Vec<String>) -> anyhow::Result<ExitCode> {
+    let names = if names.is_empty() { registry_gate::certs::default_names() } else { names };
+    let files = registry_gate::certs::generate(&names)?.write(out)?;
+    println!(
+        "wrote {}, {} and {} for {}",
+        out.join(registry_gate::certs::CA_CERT).display(),
+        files.cert.display(),
+        files.key.display(),
+        names.join(", ")
+    );
     Ok(ExitCode::SUCCESS)
 }

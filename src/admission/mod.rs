@@ -1,3 +1,244 @@
-//! AdmissionReview in, decision out. For now: where images live in each kind of object.
+//! AdmissionReview in, decision out.
+//!
+//! - [`review`]: the wire format, read through a lean borrowing view.
+//! - [`workload`]: where images live in each kind of object.
+//! - this module: the validating and mutating decisions.
+//!
+//! What fails closed, and why:
+//! - A Pod or workload whose object cannot be read is **denied**: an image that cannot be seen
+//!   cannot be vouched for.
+//! - An image string the kubelet would refuse, a bare image ID, or a host-less name is denied.
+//! - A body that is not an AdmissionReview gets HTTP 400; with `failurePolicy: Fail` the API
+//!   server denies the request.
+//! - A kind registry-gate does not know is **allowed** with a warning: it carries no Pod spec,
+//!   so there is nothing to check, and denying it would break resources a misconfigured webhook
+//!   rule happened to send.
+//! - DELETE and CONNECT are allowed: they start no image.
+//! - An UPDATE checks only images that are not already in the old object, so scaling, labelling
+//!   or deleting (finalizer removal is an UPDATE) an object admitted under an older policy is
+//!   never blocked; any newly introduced image is checked in full.
 
+pub mod review;
 pub mod workload;
+
+use std::collections::HashSet;
+
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use crate::image::Reference;
+use crate::policy::{Decision, Denial, Mode, PolicySnapshot};
+use review::{Request, Response};
+use workload::{PodSpec, WorkloadKind};
+
+/// Which webhook is answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Webhook {
+    /// Rejects (or, in audit mode, warns about) images from unregistered registries.
+    Validate,
+    /// Adds the pull secrets of matched registries to Pods.
+    Mutate,
+}
+
+/// How a request ended, for the `result` label of the request counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allowed,
+    Denied,
+    /// Denied images admitted with warnings, in audit mode.
+    Audited,
+    Exempt,
+    /// The object could not be read (denied, fail closed).
+    Error,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Denied => "denied",
+            Outcome::Audited => "audited",
+            Outcome::Exempt => "exempt",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// The answer to one request, and how it ended.
+pub struct Answer {
+    pub response: Response,
+    pub outcome: Outcome,
+}
+
+/// Answers one AdmissionRequest against one policy snapshot.
+pub fn answer(webhook: Webhook, request: &Request<'_>, snapshot: &PolicySnapshot) -> Answer {
+    let uid = request.uid();
+    let allow = |outcome| Answer { response: Response::allow(uid), outcome };
+    if !matches!(request.operation(), "CREATE" | "UPDATE") {
+        return allow(Outcome::Allowed);
+    }
+    let Some(kind) = WorkloadKind::of(request.kind()) else {
+        let mut answer = allow(Outcome::Allowed);
+        answer
+            .response
+            .warnings
+            .push(format!("registry-gate does not check objects of kind {:?}", request.kind()));
+        return answer;
+    };
+    if webhook == Webhook::Mutate && (kind != WorkloadKind::Pod || request.operation() != "CREATE") {
+        // Workloads are never mutated (GitOps tools would see drift), and a Pod's pull secrets
+        // cannot change after creation.
+        return allow(Outcome::Allowed);
+    }
+    let policy = &snapshot.policy;
+    if policy.is_exempt(request.namespace()) {
+        return allow(Outcome::Exempt);
+    }
+    let Some(object) = request.object else {
+        return unreadable(request, "the request carries no object");
+    };
+    let spec = match read_spec(kind, object) {
+        Ok(spec) => spec,
+        Err(e) => return unreadable(request, &format!("its {} cannot be read: {e}", kind.spec_path())),
+    };
+    match webhook {
+        Webhook::Validate => validate(request, kind, &spec, snapshot),
+        Webhook::Mutate => mutate(request, &spec, snapshot),
+    }
+}
+
+fn read_spec(kind: WorkloadKind, object: &RawValue) -> Result<PodSpec<'_>, serde_json::Error> {
+    let mut deserializer = serde_json::Deserializer::from_str(object.get());
+    kind.pod_spec(&mut deserializer)
+}
+
+/// Fail closed: an object whose images cannot be read is denied.
+fn unreadable(request: &Request<'_>, why: &str) -> Answer {
+    let message = format!("registry-gate cannot check {} {:?}: {why}", request.kind(), request.name());
+    tracing::warn!(target: "registry_gate::audit", uid = request.uid(), namespace = request.namespace(), kind = request.kind(), name = request.name(), reason = why, "denied: object unreadable");
+    Answer { response: Response::deny(request.uid(), message), outcome: Outcome::Error }
+}
+
+fn validate(
+    request: &Request<'_>,
+    kind: WorkloadKind,
+    spec: &PodSpec<'_>,
+    snapshot: &PolicySnapshot,
+) -> Answer {
+    let policy = &snapshot.policy;
+    let namespace = request.namespace();
+    // Images the object already had were admitted before; see the module notes on UPDATE.
+    let previous = previous_images(request, kind);
+    let mut problems = Vec::new();
+    for (location, image) in spec.images(kind.spec_path()) {
+        if previous.as_ref().is_some_and(|seen| seen.contains(image)) {
+            continue;
+        }
+        let (reference, decision) = policy.check(image, namespace);
+        match &decision {
+            Decision::Allowed(registry) => snapshot.counters.allowed(registry.position),
+            Decision::Denied(denial) => {
+                count_denial(snapshot, denial);
+                let reason = policy.denial_message(reference.as_ref(), denial, namespace);
+                tracing::warn!(
+                    target: "registry_gate::audit",
+                    uid = request.uid(),
+                    user = request.username(),
+                    namespace,
+                    kind = request.kind(),
+                    name = request.name(),
+                    field = %location,
+                    image,
+                    reason = %reason,
+                    decision = if policy.mode == Mode::Audit { "audited" } else { "denied" },
+                    policy_generation = snapshot.generation,
+                    "image not allowed"
+                );
+                problems.push(format!("{location} {image:?}: {reason}"));
+            }
+        }
+    }
+    if problems.is_empty() {
+        return Answer { response: Response::allow(request.uid()), outcome: Outcome::Allowed };
+    }
+    if policy.mode == Mode::Audit {
+        let mut response = Response::allow(request.uid());
+        response.warnings =
+            problems.iter().map(|p| format!("registry-gate (audit mode) would deny: {p}")).collect();
+        return Answer { response, outcome: Outcome::Audited };
+    }
+    let subject = if request.name().is_empty() {
+        request.kind().to_owned()
+    } else {
+        format!("{} {:?}", request.kind(), request.name())
+    };
+    let count =
+        if problems.len() == 1 { "an image".to_owned() } else { format!("{} images", problems.len()) };
+    let message = format!(
+        "registry-gate: {subject} uses {count} from unregistered or forbidden registries:\n- {}",
+        problems.join("\n- ")
+    );
+    Answer { response: Response::deny(request.uid(), message), outcome: Outcome::Denied }
+}
+
+fn count_denial(snapshot: &PolicySnapshot, denial: &Denial<'_>) {
+    match denial {
+        Denial::InvalidReference(_) => snapshot.counters.invalid(),
+        Denial::Unregistered => snapshot.counters.unregistered(),
+        Denial::NamespaceNotAllowed(registry) => snapshot.counters.denied_by(registry.position),
+        Denial::DenyListed(_) => snapshot.counters.deny_listed(),
+    }
+}
+
+/// The images of the old object of an UPDATE; `None` for a CREATE or an unreadable old object.
+/// Owned, since the old spec is dropped here; only UPDATEs pay for it.
+fn previous_images(request: &Request<'_>, kind: WorkloadKind) -> Option<HashSet<String>> {
+    if request.operation() != "UPDATE" {
+        return None;
+    }
+    let old = read_spec(kind, request.old_object?).ok()?;
+    Some(old.images(kind.spec_path()).map(|(_, image)| image.to_owned()).collect())
+}
+
+fn mutate(request: &Request<'_>, spec: &PodSpec<'_>, snapshot: &PolicySnapshot) -> Answer {
+    let policy = &snapshot.policy;
+    let existing: Vec<&str> = spec.image_pull_secrets.iter().filter_map(|s| s.name.as_deref()).collect();
+    let mut missing: Vec<(&str, usize)> = Vec::new();
+    for (_, image) in spec.images(WorkloadKind::Pod.spec_path()) {
+        let Ok(reference) = Reference::parse(image) else { continue };
+        if let Decision::Allowed(registry) = policy.decide(&reference, request.namespace()) {
+            if let Some(secret) = registry.pull_secret.as_deref() {
+                if !existing.contains(&secret) && !missing.iter().any(|(s, _)| *s == secret) {
+                    missing.push((secret, registry.position));
+                }
+            }
+        }
+    }
+    let response = Response::allow(request.uid());
+    if missing.is_empty() {
+        return Answer { response, outcome: Outcome::Allowed };
+    }
+    for (_, position) in &missing {
+        snapshot.counters.injected(*position);
+    }
+    let secrets: Vec<serde_json::Value> = missing.iter().map(|(name, _)| json!({ "name": name })).collect();
+    let patch = if existing.is_empty() && spec.image_pull_secrets.is_empty() {
+        json!([{ "op": "add", "path": "/spec/imagePullSecrets", "value": secrets }])
+    } else {
+        serde_json::Value::Array(
+            secrets
+                .into_iter()
+                .map(|secret| json!({ "op": "add", "path": "/spec/imagePullSecrets/-", "value": secret }))
+                .collect(),
+        )
+    };
+    tracing::info!(
+        target: "registry_gate::audit",
+        uid = request.uid(),
+        namespace = request.namespace(),
+        name = request.name(),
+        secrets = ?missing.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        "pull secrets added"
+    );
+    Answer { response: response.with_patch(&patch), outcome: Outcome::Allowed }
+}

@@ -389,6 +389,7 @@ fn decode_registry(node: &Node, index: usize, problems: &mut Problems) -> Option
         pull_secret: pull_secret.map(str::to_owned),
         namespaces,
         line: node.line,
+        position: index,
     })
 }
 

@@ -7,6 +7,7 @@ mod document;
 mod matcher;
 mod pattern;
 mod registry_type;
+mod store;
 
 use std::fmt;
 
@@ -18,6 +19,7 @@ use matcher::{Index, PATH_BUF_LEN, join_path};
 use pattern::{HOST_BUF_LEN, canonical_host, is_canonical_host};
 pub use pattern::{HostPattern, RegistryPattern};
 pub use registry_type::{Credentials, RegistryType};
+pub use store::{PolicySnapshot, PolicyStore};
 
 /// What a denial does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +54,8 @@ pub struct Registry {
     pub namespaces: Option<Vec<NamespacePattern>>,
     /// Where the entry starts in the policy document.
     pub line: usize,
+    /// Index in the policy's `registries`, for per-registry counters.
+    pub position: usize,
 }
 
 impl Registry {
@@ -153,9 +157,12 @@ impl Policy {
         mode: Mode,
         short_name_host: HostPattern,
         exempt_namespaces: Vec<NamespacePattern>,
-        registries: Vec<Registry>,
+        mut registries: Vec<Registry>,
         deny: Vec<DenyRule>,
     ) -> Self {
+        for (position, registry) in registries.iter_mut().enumerate() {
+            registry.position = position;
+        }
         let index = Index::build(registries.iter().map(|r| &r.pattern), deny.iter().map(|d| &d.pattern));
         Policy { mode, short_name_host, exempt_namespaces, registries, deny, index }
     }
@@ -272,9 +279,9 @@ impl Policy {
         }
         let any: Vec<&str> = admitted.map(|r| r.url.as_str()).take(5).collect();
         if any.is_empty() {
-            format!("no registry is registered for {host} or for namespace {namespace:?}")
+            format!("no registry is registered for namespace {namespace:?}")
         } else {
-            format!("no registry is registered for {host}; registered: {}", any.join(", "))
+            format!("registered: {}", any.join(", "))
         }
     }
 }

@@ -1,0 +1,212 @@
+//! The `admission.k8s.io/v1` AdmissionReview wire format: a lean, borrowing view of the request
+//! (only what a decision needs; the rest of the object is skipped unparsed) and the response.
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::workload::Text;
+
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+pub const KIND: &str = "AdmissionReview";
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    api_version: Option<Text<'a>>,
+    #[serde(borrow)]
+    kind: Option<Text<'a>>,
+    #[serde(borrow)]
+    request: Option<Request<'a>>,
+}
+
+/// The parts of an AdmissionRequest that registry-gate reads.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Request<'a> {
+    #[serde(borrow, default)]
+    pub uid: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    pub kind: Option<GroupVersionKind<'a>>,
+    #[serde(borrow, default)]
+    pub sub_resource: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    pub name: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    pub namespace: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    pub operation: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    pub user_info: Option<UserInfo<'a>>,
+    #[serde(borrow, default)]
+    pub object: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub old_object: Option<&'a RawValue>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GroupVersionKind<'a> {
+    #[serde(borrow, default)]
+    pub kind: Option<Text<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UserInfo<'a> {
+    #[serde(borrow, default)]
+    pub username: Option<Text<'a>>,
+}
+
+/// A body that cannot be answered with an AdmissionReview: the server returns 400 with this
+/// message, which the API server records and (with `failurePolicy: Fail`) turns into a denial.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// The body is not JSON of the AdmissionReview shape.
+    #[error("the body is not an AdmissionReview: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// The envelope names another API version or kind.
+    #[error("the body is {found}; registry-gate answers {API_VERSION} {KIND}")]
+    WrongType { found: String },
+    /// No `request` to answer.
+    #[error("the AdmissionReview has no request")]
+    NoRequest,
+    /// A response must echo `request.uid`; without one no answer can be matched to the request.
+    #[error("request.uid is missing; the API server always sends one")]
+    NoUid,
+}
+
+impl<'a> Request<'a> {
+    /// Reads the request out of an AdmissionReview body.
+    pub fn parse(body: &'a [u8]) -> Result<Self, ReviewError> {
+        let envelope: Envelope<'a> = serde_json::from_slice(body)?;
+        let api_version = envelope.api_version.as_deref().unwrap_or("");
+        let kind = envelope.kind.as_deref().unwrap_or("");
+        if api_version != API_VERSION || kind != KIND {
+            return Err(ReviewError::WrongType { found: format!("{api_version:?} {kind:?}") });
+        }
+        let request = envelope.request.ok_or(ReviewError::NoRequest)?;
+        if request.uid.as_deref().is_none_or(str::is_empty) {
+            return Err(ReviewError::NoUid);
+        }
+        Ok(request)
+    }
+
+    pub fn uid(&self) -> &str {
+        self.uid.as_deref().unwrap_or_default()
+    }
+
+    pub fn kind(&self) -> &str {
+        self.kind.as_ref().and_then(|k| k.kind.as_deref()).unwrap_or_default()
+    }
+
+    pub fn operation(&self) -> &str {
+        self.operation.as_deref().unwrap_or_default()
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or_default()
+    }
+
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or_default()
+    }
+
+    pub fn sub_resource(&self) -> &str {
+        self.sub_resource.as_deref().unwrap_or_default()
+    }
+
+    pub fn username(&self) -> &str {
+        self.user_info.as_ref().and_then(|u| u.username.as_deref()).unwrap_or_default()
+    }
+}
+
+/// An AdmissionResponse, written back inside an AdmissionReview.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Response {
+    pub uid: String,
+    pub allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<&'static str>,
+    /// Base64 of the JSON patch, as the API expects for a `[]byte` field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+}
+
+/// Why a request was refused, as the client sees it.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Response {
+    pub fn allow(uid: &str) -> Self {
+        Response { uid: uid.to_owned(), allowed: true, ..Response::default() }
+    }
+
+    pub fn deny(uid: &str, message: String) -> Self {
+        Response {
+            uid: uid.to_owned(),
+            allowed: false,
+            status: Some(Status { code: 403, reason: "Forbidden", message }),
+            ..Response::default()
+        }
+    }
+
+    /// Attaches a JSON patch (RFC 6902) to apply to the object.
+    pub fn with_patch(mut self, patch: &serde_json::Value) -> Self {
+        let bytes = serde_json::to_vec(patch).unwrap_or_default();
+        self.patch_type = Some("JSONPatch");
+        self.patch = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+        self
+    }
+
+    /// The full AdmissionReview body.
+    pub fn to_review_json(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct ResponseEnvelope<'r> {
+            api_version: &'static str,
+            kind: &'static str,
+            response: &'r Response,
+        }
+        serde_json::to_vec(&ResponseEnvelope { api_version: API_VERSION, kind: KIND, response: self })
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_review_is_read_without_copying_its_strings() {
+        let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{
+            "uid":"705ab4f5","kind":{"group":"","version":"v1","kind":"Pod"},"namespace":"shop",
+            "operation":"CREATE","userInfo":{"username":"alice"},"object":{"spec":{}},"oldObject":null}}"#;
+        let request = Request::parse(body).expect("valid review");
+        assert_eq!((request.uid(), request.kind(), request.namespace()), ("705ab4f5", "Pod", "shop"));
+        assert!(matches!(request.uid, Some(Text(std::borrow::Cow::Borrowed(_)))));
+        assert!(request.old_object.is_none(), "null reads as no object");
+    }
+
+    #[test]
+    fn malformed_reviews_get_precise_errors() {
+        let cases: [(&[u8], &str); 4] = [
+            (b"{not json", "not an AdmissionReview"),
+            (br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"1"}}"#, "v1beta1"),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#, "no request"),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{}}"#, "uid is missing"),
+        ];
+        for (body, expected) in cases {
+            let error = Request::parse(body).expect_err("refused").to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+    }
+}

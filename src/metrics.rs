@@ -1,0 +1,196 @@
+//! Prometheus metrics for audit dashboards (`manifests/monitoring/`).
+//!
+//! Labels are bounded: policy entry names, `unregistered` and `invalid` for registries; fixed
+//! words for operations, kinds and results. Per-image counters are resolved once per policy load
+//! ([`DecisionCounters`]) so that counting an image on the hot path is one atomic add, with no
+//! lock and no label hashing.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::policy::Policy;
+
+/// Latency buckets from 10 µs to 1 s.
+const DURATION_BUCKETS: [f64; 16] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0,
+];
+
+/// Registry label for images that match no entry, and for strings that are no reference.
+pub const UNREGISTERED: &str = "unregistered";
+pub const INVALID: &str = "invalid";
+/// Registry label for images refused by a deny rule.
+pub const DENY_RULE: &str = "deny-rule";
+
+/// Every metric registry-gate exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `registry_gate_admission_requests_total{operation,kind,result}`; result is allowed,
+    /// denied, audited, exempt or error.
+    pub requests: IntCounterVec,
+    /// `registry_gate_image_decisions_total{registry,decision}`.
+    image_decisions: IntCounterVec,
+    /// `registry_gate_pull_secret_injections_total{registry}`.
+    injections: IntCounterVec,
+    /// `registry_gate_admission_duration_seconds`: AdmissionReview in to response out.
+    pub duration: Histogram,
+    pub policy_generation: IntGauge,
+    pub policy_registries: IntGauge,
+    pub policy_last_reload: Gauge,
+    pub policy_reload_failures: IntCounter,
+}
+
+/// Counters of one policy's registries, resolved once at load so the hot path only adds.
+pub struct DecisionCounters {
+    allowed: Vec<IntCounter>,
+    denied: Vec<IntCounter>,
+    injected: Vec<IntCounter>,
+    unregistered: IntCounter,
+    invalid: IntCounter,
+    deny_listed: IntCounter,
+}
+
+impl DecisionCounters {
+    /// An image allowed by registry `index` of the policy.
+    pub fn allowed(&self, index: usize) {
+        if let Some(counter) = self.allowed.get(index) {
+            counter.inc();
+        }
+    }
+
+    /// An image denied although it matched registry `index` (namespace scope).
+    pub fn denied_by(&self, index: usize) {
+        if let Some(counter) = self.denied.get(index) {
+            counter.inc();
+        }
+    }
+
+    pub fn unregistered(&self) {
+        self.unregistered.inc();
+    }
+
+    pub fn invalid(&self) {
+        self.invalid.inc();
+    }
+
+    pub fn deny_listed(&self) {
+        self.deny_listed.inc();
+    }
+
+    /// A pull secret of registry `index` added to a Pod.
+    pub fn injected(&self, index: usize) {
+        if let Some(counter) = self.injected.get(index) {
+            counter.inc();
+        }
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("registry_gate_admission_requests_total", "AdmissionReviews answered"),
+            &["operation", "kind", "result"],
+        )
+        .expect("static metric definition");
+        let image_decisions = IntCounterVec::new(
+            Opts::new("registry_gate_image_decisions_total", "Images decided, by policy entry"),
+            &["registry", "decision"],
+        )
+        .expect("static metric definition");
+        let injections = IntCounterVec::new(
+            Opts::new("registry_gate_pull_secret_injections_total", "Pull secrets added to Pods"),
+            &["registry"],
+        )
+        .expect("static metric definition");
+        let duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "registry_gate_admission_duration_seconds",
+                "Time to answer an AdmissionReview",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+        )
+        .expect("static metric definition");
+        let policy_generation =
+            IntGauge::new("registry_gate_policy_generation", "Policies loaded since start").expect("static");
+        let policy_registries =
+            IntGauge::new("registry_gate_policy_registries", "Registries in the policy in force")
+                .expect("static");
+        let policy_last_reload = Gauge::new(
+            "registry_gate_policy_last_reload_timestamp_seconds",
+            "When the policy in force was loaded (Unix time)",
+        )
+        .expect("static");
+        let policy_reload_failures = IntCounter::new(
+            "registry_gate_policy_reload_failures_total",
+            "Policy loads refused; the previous policy stayed in force",
+        )
+        .expect("static");
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(image_decisions.clone()),
+            Box::new(injections.clone()),
+            Box::new(duration.clone()),
+            Box::new(policy_generation.clone()),
+            Box::new(policy_registries.clone()),
+            Box::new(policy_last_reload.clone()),
+            Box::new(policy_reload_failures.clone()),
+        ] {
+            registry.register(collector).expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            requests,
+            image_decisions,
+            injections,
+            duration,
+            policy_generation,
+            policy_registries,
+            policy_last_reload,
+            policy_reload_failures,
+        }
+    }
+
+    /// Resolves the per-registry counters of a policy about to be put in force.
+    pub fn decision_counters(&self, policy: &Policy) -> DecisionCounters {
+        let counter =
+            |registry: &str, decision: &str| self.image_decisions.with_label_values(&[registry, decision]);
+        DecisionCounters {
+            allowed: policy.registries.iter().map(|r| counter(&r.name, "allowed")).collect(),
+            denied: policy.registries.iter().map(|r| counter(&r.name, "denied")).collect(),
+            injected: policy
+                .registries
+                .iter()
+                .map(|r| self.injections.with_label_values(&[r.name.as_str()]))
+                .collect(),
+            unregistered: counter(UNREGISTERED, "denied"),
+            invalid: counter(INVALID, "denied"),
+            deny_listed: counter(DENY_RULE, "denied"),
+        }
+    }
+
+    /// Records that a policy was put in force.
+    pub fn policy_loaded(&self, policy: &Policy) {
+        self.policy_generation.inc();
+        self.policy_registries.set(policy.registries.len() as i64);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.policy_last_reload.set(now.as_secs_f64());
+    }
+
+    /// The text exposition format for `/metrics`.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,77 @@
+//! The policy in force, shared with every request through `arc-swap`: a request loads one
+//! snapshot and decides all its images against it, while a reload swaps in a new one whole.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+
+use super::{Policy, PolicyError};
+use crate::metrics::{DecisionCounters, Metrics};
+
+/// A compiled policy with its resolved counters.
+pub struct PolicySnapshot {
+    pub policy: Policy,
+    pub counters: DecisionCounters,
+    /// Counts loads since start; logged with every decision that cites the policy.
+    pub generation: u64,
+    /// Where it came from (file path, ConfigMap name, or the built-in default).
+    pub source: String,
+}
+
+/// Holds the last good policy. Empty until a first policy loads, which keeps `/readyz` failing.
+pub struct PolicyStore {
+    current: ArcSwapOption<PolicySnapshot>,
+    metrics: Metrics,
+}
+
+impl PolicyStore {
+    pub fn new(metrics: Metrics) -> Self {
+        PolicyStore { current: ArcSwapOption::empty(), metrics }
+    }
+
+    /// The policy in force, if any has loaded. One atomic load; no lock.
+    pub fn current(&self) -> Option<Arc<PolicySnapshot>> {
+        self.current.load_full()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Puts a policy in force and returns its generation.
+    pub fn install(&self, policy: Policy, source: &str) -> u64 {
+        let generation = self.current().map_or(1, |snapshot| snapshot.generation + 1);
+        let counters = self.metrics.decision_counters(&policy);
+        self.metrics.policy_loaded(&policy);
+        tracing::info!(
+            target: "registry_gate::policy",
+            generation,
+            source,
+            registries = policy.registries.len(),
+            deny_rules = policy.deny.len(),
+            mode = policy.mode.name(),
+            "policy loaded"
+        );
+        self.current.store(Some(Arc::new(PolicySnapshot {
+            policy,
+            counters,
+            generation,
+            source: source.to_owned(),
+        })));
+        generation
+    }
+
+    /// Records a refused policy. The last good one stays in force, and the log says so loudly.
+    pub fn reject(&self, error: &PolicyError, source: &str) {
+        self.metrics.policy_reload_failures.inc();
+        let in_force = self.current().map(|s| s.generation);
+        tracing::error!(
+            target: "registry_gate::policy",
+            source,
+            problems = error.problems.len(),
+            kept_generation = in_force,
+            "policy refused; {}: {error}",
+            if in_force.is_some() { "the last good policy stays in force" } else { "no policy is in force yet" },
+        );
+    }
+}

@@ -1,0 +1,271 @@
+//! The HTTPS webhook server and the plain-HTTP operations server.
+//!
+//! - Webhook port (HTTPS only, HTTP/2 and HTTP/1.1 by ALPN): `POST /validate`, `POST /mutate`.
+//! - Operations port (HTTP): `GET /metrics`, `/healthz`, `/readyz` (ready only while a policy is
+//!   in force).
+//!
+//! Each connection's TLS handshake runs in its own task under a timeout, never in the accept
+//! loop, so a stalled client holds up nobody. Slow request headers and slow requests time out.
+//! On shutdown the listeners close and in-flight requests finish.
+
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::admission::review::Request;
+use crate::admission::{self, Webhook};
+use crate::policy::PolicyStore;
+use tls::{CertificateFiles, ReloadingCertificate, TlsError};
+
+/// The API server sends at most 3 MiB (an UPDATE carries the object twice); a larger body is
+/// refused with 413 before it is buffered.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// How the server listens and times out.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub tls: CertificateFiles,
+    /// The longest a TLS handshake may take.
+    pub handshake_timeout: Duration,
+    /// The longest a client may take to send request headers.
+    pub header_timeout: Duration,
+    /// The longest a whole request may take (the API server's own webhook timeout is 10 s at most).
+    pub request_timeout: Duration,
+    /// How often the certificate files are checked for a rotation.
+    pub certificate_poll: Duration,
+    /// The longest in-flight requests may take to finish after a shutdown signal.
+    pub drain_timeout: Duration,
+}
+
+impl ServeOptions {
+    pub fn new(listen: SocketAddr, metrics_listen: SocketAddr, tls: CertificateFiles) -> Self {
+        ServeOptions {
+            listen,
+            metrics_listen,
+            tls,
+            handshake_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            certificate_poll: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(25),
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot build the TLS configuration: {0}")]
+    TlsConfig(#[from] rustls::Error),
+}
+
+/// A server bound to its ports, ready to run.
+pub struct Server {
+    webhook: TcpListener,
+    operations: TcpListener,
+    certificate: Arc<ReloadingCertificate>,
+    acceptor: TlsAcceptor,
+    store: Arc<PolicyStore>,
+    options: ServeOptions,
+}
+
+impl Server {
+    /// Loads the certificate and binds both ports (port 0 picks a free one).
+    pub async fn bind(options: ServeOptions, store: Arc<PolicyStore>) -> Result<Self, ServeError> {
+        let certificate = ReloadingCertificate::new(options.tls.clone())?;
+        let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(certificate.clone())?));
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
+        };
+        let webhook = bind(options.listen).await?;
+        let operations = bind(options.metrics_listen).await?;
+        Ok(Server { webhook, operations, certificate, acceptor, store, options })
+    }
+
+    /// The webhook port's address.
+    pub fn webhook_addr(&self) -> SocketAddr {
+        self.webhook.local_addr().unwrap_or(self.options.listen)
+    }
+
+    /// The operations port's address.
+    pub fn operations_addr(&self) -> SocketAddr {
+        self.operations.local_addr().unwrap_or(self.options.metrics_listen)
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let watcher = tokio::spawn(self.certificate.clone().watch(self.options.certificate_poll));
+        let operations = tokio::spawn(serve_operations(self.operations, self.store.clone(), stop_rx.clone()));
+        let webhook = webhook_router(self.store, self.options.request_timeout);
+        serve_webhook(self.webhook, self.acceptor, webhook, &self.options, stop_rx).await;
+        let _ = operations.await;
+        watcher.abort();
+    }
+}
+
+fn webhook_router(store: Arc<PolicyStore>, request_timeout: Duration) -> Router {
+    Router::new()
+        .route("/validate", post(validate))
+        .route("/mutate", post(mutate))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
+        .with_state(store)
+}
+
+async fn serve_webhook(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: Router,
+    options: &ServeOptions,
+    mut stop: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(options.header_timeout).keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather than spin.
+                    tracing::warn!(target: "registry_gate::server", error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let acceptor = acceptor.clone();
+        let builder = builder.clone();
+        let service = TowerToHyperService::new(router.clone());
+        let watcher = graceful.watcher();
+        let handshake_timeout = options.handshake_timeout;
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(target: "registry_gate::server", %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(target: "registry_gate::server", %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(target: "registry_gate::server", %peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(target: "registry_gate::server", "shutting down: draining in-flight requests");
+    if tokio::time::timeout(options.drain_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!(target: "registry_gate::server", "drain timed out; closing the remaining connections");
+    }
+}
+
+async fn serve_operations(listener: TcpListener, store: Arc<PolicyStore>, mut stop: watch::Receiver<bool>) {
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(store);
+    let shutdown = async move {
+        let _ = stop.changed().await;
+    };
+    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+        tracing::error!(target: "registry_gate::server", error = %e, "operations server failed");
+    }
+}
+
+async fn metrics(State(store): State<Arc<PolicyStore>>) -> Response {
+    let content_type = HeaderValue::from_static("text/plain; version=0.0.4");
+    ([(header::CONTENT_TYPE, content_type)], store.metrics().render()).into_response()
+}
+
+async fn ready(State(store): State<Arc<PolicyStore>>) -> Response {
+    match store.current() {
+        Some(snapshot) => {
+            format!("ready: policy generation {} from {}\n", snapshot.generation, snapshot.source)
+                .into_response()
+        }
+        None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no valid policy loaded yet\n").into_response(),
+    }
+}
+
+async fn validate(State(store): State<Arc<PolicyStore>>, body: Bytes) -> Response {
+    review(&store, Webhook::Validate, &body)
+}
+
+async fn mutate(State(store): State<Arc<PolicyStore>>, body: Bytes) -> Response {
+    review(&store, Webhook::Mutate, &body)
+}
+
+/// Kinds named in the request counter; any other is counted as `other`, keeping labels bounded.
+const COUNTED_KINDS: [&str; 8] = [
+    "Pod",
+    "Deployment",
+    "ReplicaSet",
+    "StatefulSet",
+    "DaemonSet",
+    "Job",
+    "CronJob",
+    "ReplicationController",
+];
+
+/// AdmissionReview bytes in, AdmissionReview bytes out. Synchronous: a decision never waits.
+pub fn review(store: &PolicyStore, webhook: Webhook, body: &[u8]) -> Response {
+    let started = Instant::now();
+    let metrics = store.metrics();
+    let Some(snapshot) = store.current() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "registry-gate has no valid policy loaded yet\n")
+            .into_response();
+    };
+    let request = match Request::parse(body) {
+        Ok(request) => request,
+        Err(e) => {
+            metrics.requests.with_label_values(&["unknown", "unknown", "error"]).inc();
+            return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
+        }
+    };
+    let answer = admission::answer(webhook, &request, &snapshot);
+    let operation = match request.operation() {
+        op @ ("CREATE" | "UPDATE" | "DELETE" | "CONNECT") => op,
+        _ => "other",
+    };
+    let kind = COUNTED_KINDS.into_iter().find(|k| *k == request.kind()).unwrap_or("other");
+    metrics.requests.with_label_values(&[operation, kind, answer.outcome.label()]).inc();
+    let body = answer.response.to_review_json();
+    metrics.duration.observe(started.elapsed().as_secs_f64());
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}

@@ -1,0 +1,554 @@
+//! registry-gate's server over real HTTPS on loopback, driven by a real TLS client that verifies
+//! the chain from the generated CA: decisions for every image location and workload kind, audit
+//! warnings, the mutation patch applied to the object, certificate rotation under a live
+//! connection, body limits, malformed input, health and metrics.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use registry_gate::metrics::Metrics;
+use registry_gate::policy::{Policy, PolicyStore};
+use registry_gate::server::tls::CertificateFiles;
+use registry_gate::server::{ServeOptions, Server};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+const POLICY: &str = r#"
+apiVersion: registry-gate.io/v1
+kind: RegistryPolicy
+mode: enforce
+exemptNamespaces: [kube-system]
+registries:
+  - {name: hub-official, type: Public, url: docker.io/library}
+  - {name: team-ghcr, type: GHCR, url: ghcr.io/acme, pullSecret: ghcr-acme}
+  - {name: corp, type: Generic, url: "registry.corp.example:5000", pullSecret: corp-pull, namespaces: [shop, "prod-*"]}
+  - {name: acr, type: ACR, url: "*.azurecr.io", pullSecret: acr-creds}
+deny:
+  - {url: docker.io/library/busybox, reason: use ghcr.io/acme/debug instead}
+"#;
+
+// === A server on loopback ===
+
+struct TestServer {
+    webhook: SocketAddr,
+    operations: SocketAddr,
+    dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    async fn start(policy: &str) -> Self {
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = write_certificates(dir.path());
+        let store = Arc::new(PolicyStore::new(Metrics::new()));
+        store.install(Policy::parse(policy).expect("valid test policy"), "test");
+        let loopback: SocketAddr = "127.0.0.1:0".parse().expect("address");
+        let mut options = ServeOptions::new(loopback, loopback, files);
+        options.certificate_poll = Duration::from_millis(50);
+        options.header_timeout = Duration::from_millis(500);
+        let server = Server::bind(options, store).await.expect("server binds");
+        let (webhook, operations) = (server.webhook_addr(), server.operations_addr());
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        TestServer { webhook, operations, dir, stop: Some(stop), task }
+    }
+
+    fn ca(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("ca.crt")).expect("CA written")
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(self.webhook, &self.ca(), false).await.expect("TLS connection")
+    }
+
+    async fn review(&self, path: &str, review: &Value) -> Value {
+        let (status, body) = self.client().await.post(path, serde_json::to_vec(review).expect("JSON")).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).expect("an AdmissionReview comes back")
+    }
+
+    async fn operations(&self, path: &str) -> (u16, String) {
+        let stream = TcpStream::connect(self.operations).await.expect("operations port");
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("HTTP/1.1");
+        tokio::spawn(connection);
+        let request = hyper::Request::get(path).header("host", "localhost").body(Full::new(Bytes::new()));
+        let response = sender.send_request(request.expect("request")).await.expect("response");
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("drains in time")
+            .expect("no panic");
+    }
+}
+
+fn write_certificates(dir: &Path) -> CertificateFiles {
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    registry_gate::certs::generate(&names).expect("certificates").write(dir).expect("written")
+}
+
+/// An HTTPS client on one kept-alive connection, verifying the server against a CA.
+struct Client {
+    sender: Sender,
+    peer_certificate: Vec<u8>,
+}
+
+enum Sender {
+    Http1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    Http2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr, ca_pem: &[u8], http2: bool) -> Result<Self, std::io::Error> {
+        let mut roots = RootCertStore::empty();
+        for certificate in CertificateDer::pem_slice_iter(ca_pem) {
+            roots.add(certificate.expect("PEM certificate")).expect("CA accepted");
+        }
+        let mut config = ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        config.alpn_protocols = vec![if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+        // A resumed session would report the old certificate after a rotation.
+        config.resumption = tokio_rustls::rustls::client::Resumption::disabled();
+        let stream = TcpStream::connect(addr).await?;
+        let server_name = ServerName::try_from("localhost").expect("valid name");
+        let tls = TlsConnector::from(Arc::new(config)).connect(server_name, stream).await?;
+        let peer_certificate = tls.get_ref().1.peer_certificates().expect("server certificate")[0].to_vec();
+        let io = TokioIo::new(tls);
+        let sender = if http2 {
+            let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(std::io::Error::other)?;
+            tokio::spawn(connection);
+            Sender::Http2(sender)
+        } else {
+            let (sender, connection) =
+                hyper::client::conn::http1::handshake(io).await.map_err(std::io::Error::other)?;
+            tokio::spawn(connection);
+            Sender::Http1(sender)
+        };
+        Ok(Client { sender, peer_certificate })
+    }
+
+    async fn post(&mut self, path: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
+        let request = hyper::Request::post(format!("https://localhost{path}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .expect("request");
+        let response = match &mut self.sender {
+            Sender::Http1(sender) => sender.send_request(request).await,
+            Sender::Http2(sender) => sender.send_request(request).await,
+        }
+        .expect("response");
+        let status = response.status().as_u16();
+        (status, response.into_body().collect().await.expect("body").to_bytes().to_vec())
+    }
+}
+
+// === AdmissionReviews ===
+
+fn object(name: &str) -> Value {
+    let path = format!("{}/tests/data/objects/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture JSON")
+}
+
+fn review(kind: &str, operation: &str, object: &Value, old: Option<&Value>) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "3f1e0b7c-1d2a-4c55-9a0e-2b7c1c6c9d10",
+            "kind": {"group": "", "version": "v1", "kind": kind},
+            "resource": {"group": "", "version": "v1", "resource": format!("{}s", kind.to_lowercase())},
+            "name": object["metadata"]["name"],
+            "namespace": "shop",
+            "operation": operation,
+            "userInfo": {"username": "alice@example.com", "groups": ["developers"]},
+            "object": object,
+            "oldObject": old,
+            "dryRun": false
+        }
+    })
+}
+
+fn response(review: &Value) -> &Value {
+    &review["response"]
+}
+
+fn message(review: &Value) -> String {
+    review["response"]["status"]["message"].as_str().unwrap_or_default().to_owned()
+}
+
+/// A workload object of `kind` with the Deployment fixture's template.
+fn workload(kind: &str) -> Value {
+    let mut object = object("deployment");
+    object["kind"] = json!(kind);
+    object
+}
+
+// === The tests ===
+
+#[tokio::test]
+async fn registered_images_are_allowed_and_others_denied_with_their_field_path() {
+    let server = TestServer::start(POLICY).await;
+    let allowed = server.review("/validate", &review("Pod", "CREATE", &object("pod"), None)).await;
+    assert_eq!(response(&allowed)["allowed"], true, "{allowed}");
+    assert_eq!(response(&allowed)["uid"], "3f1e0b7c-1d2a-4c55-9a0e-2b7c1c6c9d10");
+
+    let mut pod = object("pod");
+    pod["spec"]["containers"][0]["image"] = json!("ghcr.io/acme-evil/web:1.2");
+    let denied = server.review("/validate", &review("Pod", "CREATE", &pod, None)).await;
+    assert_eq!(response(&denied)["allowed"], false);
+    assert_eq!(response(&denied)["status"]["code"], 403);
+    let text = message(&denied);
+    assert!(text.contains("spec.containers[0].image \"ghcr.io/acme-evil/web:1.2\""), "{text}");
+    assert!(text.contains("registered on ghcr.io: ghcr.io/acme"), "{text}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_image_location_of_a_pod_is_checked() {
+    let server = TestServer::start(POLICY).await;
+    let bad = "quay.io/stranger/tool:1";
+    let mut cases: Vec<(&str, Value)> = Vec::new();
+    let mut pod = object("pod");
+    pod["spec"]["initContainers"] = json!([{"name": "init", "image": bad}]);
+    cases.push(("spec.initContainers[0].image", pod));
+    let mut pod = object("pod");
+    pod["spec"]["ephemeralContainers"] = json!([{"name": "debug", "image": bad}]);
+    cases.push(("spec.ephemeralContainers[0].image", pod));
+    let mut pod = object("pod");
+    pod["spec"]["volumes"] =
+        json!([{"name": "cfg", "emptyDir": {}}, {"name": "model", "image": {"reference": bad}}]);
+    cases.push(("spec.volumes[1].image.reference", pod));
+    let mut pod = object("pod");
+    pod["spec"]["containers"].as_array_mut().expect("containers").push(json!({"name": "side", "image": bad}));
+    cases.push(("spec.containers[1].image", pod));
+    for (field, pod) in cases {
+        let answer = server.review("/validate", &review("Pod", "CREATE", &pod, None)).await;
+        assert_eq!(response(&answer)["allowed"], false, "{field}");
+        assert!(message(&answer).contains(&format!("{field} \"{bad}\"")), "{field}: {}", message(&answer));
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_workload_kind_is_checked_at_its_template() {
+    let server = TestServer::start(POLICY).await;
+    let bad = "evil.example.com/miner:latest";
+    for kind in ["Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", "ReplicationController"] {
+        let mut object = if kind == "Job" { object("job") } else { workload(kind) };
+        object["spec"]["template"]["spec"]["containers"][0]["image"] = json!(bad);
+        let answer = server.review("/validate", &review(kind, "CREATE", &object, None)).await;
+        assert_eq!(response(&answer)["allowed"], false, "{kind}");
+        assert!(
+            message(&answer).contains("spec.template.spec.containers[0].image"),
+            "{kind}: {}",
+            message(&answer)
+        );
+    }
+    let mut cron = object("cronjob");
+    cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["image"] = json!(bad);
+    let answer = server.review("/validate", &review("CronJob", "CREATE", &cron, None)).await;
+    assert!(message(&answer).contains("spec.jobTemplate.spec.template.spec.containers[0].image"), "{answer}");
+    // The unmodified fixtures are all allowed.
+    for (kind, fixture) in [("Deployment", "deployment"), ("Job", "job"), ("CronJob", "cronjob")] {
+        let answer = server.review("/validate", &review(kind, "CREATE", &object(fixture), None)).await;
+        assert_eq!(response(&answer)["allowed"], true, "{kind}: {answer}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn kubectl_debug_adds_an_ephemeral_container_by_update() {
+    let server = TestServer::start(POLICY).await;
+    let old = object("pod");
+    let mut pod = old.clone();
+    pod["spec"]["ephemeralContainers"] =
+        json!([{"name": "debugger", "image": "busybox:1.36", "targetContainerName": "web"}]);
+    let mut request = review("Pod", "UPDATE", &pod, Some(&old));
+    request["request"]["subResource"] = json!("ephemeralcontainers");
+    let answer = server.review("/validate", &request).await;
+    assert_eq!(response(&answer)["allowed"], false);
+    let text = message(&answer);
+    assert!(text.contains("spec.ephemeralContainers[0].image \"busybox:1.36\""), "{text}");
+    assert!(
+        text.contains("use ghcr.io/acme/debug instead"),
+        "the deny rule's reason reaches the user: {text}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_update_checks_only_images_the_old_object_did_not_have() {
+    // An object admitted under an older policy can still be scaled, labelled or deleted.
+    let server = TestServer::start(POLICY).await;
+    let mut old = workload("Deployment");
+    old["spec"]["template"]["spec"]["containers"][0]["image"] = json!("legacy.example.com/app:1");
+    let mut scaled = old.clone();
+    scaled["spec"]["replicas"] = json!(10);
+    let answer = server.review("/validate", &review("Deployment", "UPDATE", &scaled, Some(&old))).await;
+    assert_eq!(response(&answer)["allowed"], true, "{answer}");
+    let mut changed = old.clone();
+    changed["spec"]["template"]["spec"]["containers"][0]["image"] = json!("legacy.example.com/app:2");
+    let answer = server.review("/validate", &review("Deployment", "UPDATE", &changed, Some(&old))).await;
+    assert_eq!(response(&answer)["allowed"], false, "{answer}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn namespace_scope_and_exemptions() {
+    let server = TestServer::start(POLICY).await;
+    let mut pod = object("pod");
+    pod["spec"]["containers"][0]["image"] = json!("registry.corp.example:5000/shop/api:2");
+    let mut request = review("Pod", "CREATE", &pod, None);
+    assert_eq!(response(&server.review("/validate", &request).await)["allowed"], true);
+    request["request"]["namespace"] = json!("marketing");
+    let answer = server.review("/validate", &request).await;
+    assert!(message(&answer).contains("may not be used in namespace \"marketing\""), "{answer}");
+    let mut exempt = review("Pod", "CREATE", &object("pod"), None);
+    exempt["request"]["namespace"] = json!("kube-system");
+    exempt["request"]["object"]["spec"]["containers"][0]["image"] = json!("anything.example/x");
+    assert_eq!(response(&server.review("/validate", &exempt).await)["allowed"], true);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn audit_mode_admits_with_warnings() {
+    let server = TestServer::start(&POLICY.replace("mode: enforce", "mode: audit")).await;
+    let mut pod = object("pod");
+    pod["spec"]["containers"][0]["image"] = json!("evil.example.com/miner");
+    let answer = server.review("/validate", &review("Pod", "CREATE", &pod, None)).await;
+    assert_eq!(response(&answer)["allowed"], true);
+    let warnings = response(&answer)["warnings"].as_array().expect("warnings").clone();
+    assert_eq!(warnings.len(), 1);
+    let warning = warnings[0].as_str().unwrap_or_default();
+    assert!(warning.contains("audit mode") && warning.contains("spec.containers[0].image"), "{warning}");
+    let (_, metrics) = server.operations("/metrics").await;
+    assert!(
+        metrics.contains(
+            r#"registry_gate_admission_requests_total{kind="Pod",operation="CREATE",result="audited"} 1"#
+        ),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+fn apply_patch(object: &Value, answer: &Value) -> Option<Value> {
+    use base64::Engine;
+    let encoded = response(answer)["patch"].as_str()?;
+    assert_eq!(response(answer)["patchType"], "JSONPatch");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).expect("base64 patch");
+    let patch: json_patch::Patch = serde_json::from_slice(&bytes).expect("an RFC 6902 patch");
+    let mut patched = object.clone();
+    json_patch::patch(&mut patched, &patch).expect("the patch applies");
+    Some(patched)
+}
+
+#[tokio::test]
+async fn mutation_adds_each_missing_pull_secret_once_and_is_idempotent() {
+    let server = TestServer::start(POLICY).await;
+    let mut pod = object("pod");
+    pod["spec"]["containers"].as_array_mut().expect("containers").extend([
+        json!({"name": "b", "image": "ghcr.io/acme/b:1"}),
+        json!({"name": "c", "image": "acme.azurecr.io/c:1"}),
+        json!({"name": "d", "image": "nginx:1.27"}),
+    ]);
+    pod["spec"]["initContainers"] = json!([{"name": "i", "image": "registry.corp.example:5000/init:1"}]);
+    let answer = server.review("/mutate", &review("Pod", "CREATE", &pod, None)).await;
+    assert_eq!(response(&answer)["allowed"], true);
+    let patched = apply_patch(&pod, &answer).expect("a patch");
+    assert_eq!(
+        patched["spec"]["imagePullSecrets"],
+        json!([{"name": "ghcr-acme"}, {"name": "acr-creds"}, {"name": "corp-pull"}]),
+        "one entry per secret, in image order; none for the public registry"
+    );
+    let mut without_spec_change = patched.clone();
+    without_spec_change["spec"]["imagePullSecrets"] = Value::Null;
+    assert_eq!(
+        without_spec_change["spec"],
+        {
+            let mut p = pod.clone();
+            p["spec"]["imagePullSecrets"] = Value::Null;
+            p["spec"].clone()
+        },
+        "nothing else changes"
+    );
+
+    // Invoked again on its own output (reinvocationPolicy: IfNeeded), it has nothing to add.
+    let again = server.review("/mutate", &review("Pod", "CREATE", &patched, None)).await;
+    assert_eq!(response(&again)["allowed"], true);
+    assert!(response(&again).get("patch").is_none(), "{again}");
+
+    // Existing secrets are kept; only the missing one is appended.
+    let mut partly = pod.clone();
+    partly["spec"]["imagePullSecrets"] = json!([{"name": "own-secret"}, {"name": "acr-creds"}]);
+    let answer = server.review("/mutate", &review("Pod", "CREATE", &partly, None)).await;
+    let patched = apply_patch(&partly, &answer).expect("a patch");
+    assert_eq!(
+        patched["spec"]["imagePullSecrets"],
+        json!([{"name": "own-secret"}, {"name": "acr-creds"}, {"name": "ghcr-acme"}, {"name": "corp-pull"}])
+    );
+    let (_, metrics) = server.operations("/metrics").await;
+    assert!(
+        metrics.contains(r#"registry_gate_pull_secret_injections_total{registry="team-ghcr"} 2"#),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn workloads_are_never_mutated() {
+    let server = TestServer::start(POLICY).await;
+    let answer =
+        server.review("/mutate", &review("Deployment", "CREATE", &workload("Deployment"), None)).await;
+    assert_eq!(response(&answer)["allowed"], true);
+    assert!(response(&answer).get("patch").is_none());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_is_served_to_new_connections_while_old_ones_keep_working() {
+    let server = TestServer::start(POLICY).await;
+    let body = serde_json::to_vec(&review("Pod", "CREATE", &object("pod"), None)).expect("JSON");
+    let mut kept = server.client().await;
+    assert_eq!(kept.post("/validate", body.clone()).await.0, 200);
+    let old_certificate = kept.peer_certificate.clone();
+
+    // Rotate to a pair from a new CA, as cert-manager would (new files in place).
+    let rotated = tempfile::tempdir().expect("temp dir");
+    write_certificates(rotated.path());
+    for name in ["ca.crt", "tls.key", "tls.crt"] {
+        std::fs::copy(rotated.path().join(name), server.dir.path().join(name)).expect("copied");
+    }
+    let new_ca = std::fs::read(rotated.path().join("ca.crt")).expect("new CA");
+    let mut fresh = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Ok(client) = Client::connect(server.webhook, &new_ca, false).await {
+            fresh = Some(client);
+            break;
+        }
+    }
+    let mut fresh = fresh.expect("the new certificate is served within two seconds");
+    assert_ne!(fresh.peer_certificate, old_certificate);
+    assert_eq!(fresh.post("/validate", body.clone()).await.0, 200);
+    // The connection opened before the rotation still answers.
+    assert_eq!(kept.post("/validate", body).await.0, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn http2_is_offered_by_alpn() {
+    let server = TestServer::start(POLICY).await;
+    let mut client = Client::connect(server.webhook, &server.ca(), true).await.expect("h2 connection");
+    let body = serde_json::to_vec(&review("Pod", "CREATE", &object("pod"), None)).expect("JSON");
+    let (status, answer) = client.post("/validate", body).await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&answer).contains("\"allowed\":true"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_up_to_three_mebibytes_are_read_and_larger_ones_refused() {
+    let server = TestServer::start(POLICY).await;
+    let mut pod = object("pod");
+    let three_mib = 3 * 1024 * 1024;
+    pod["metadata"]["annotations"] = json!({"padding": "x".repeat(three_mib - 4096)});
+    let body = serde_json::to_vec(&review("Pod", "CREATE", &pod, None)).expect("JSON");
+    assert!(body.len() <= three_mib && body.len() > three_mib - 8192);
+    let (status, _) = server.client().await.post("/validate", body).await;
+    assert_eq!(status, 200);
+    pod["metadata"]["annotations"] = json!({"padding": "x".repeat(three_mib)});
+    let body = serde_json::to_vec(&review("Pod", "CREATE", &pod, None)).expect("JSON");
+    let (status, _) = server.client().await.post("/validate", body).await;
+    assert_eq!(status, 413);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_input_gets_a_precise_answer() {
+    let server = TestServer::start(POLICY).await;
+    let post = |body: Vec<u8>| async { server.client().await.post("/validate", body).await };
+    let (status, text) = post(b"{\"apiVersion\": 1".to_vec()).await;
+    assert_eq!((status, String::from_utf8_lossy(&text).contains("not an AdmissionReview")), (400, true));
+    let mut wrong_version = review("Pod", "CREATE", &object("pod"), None);
+    wrong_version["apiVersion"] = json!("admission.k8s.io/v1beta1");
+    let (status, text) = post(serde_json::to_vec(&wrong_version).expect("JSON")).await;
+    assert_eq!((status, String::from_utf8_lossy(&text).contains("v1beta1")), (400, true));
+    let mut no_uid = review("Pod", "CREATE", &object("pod"), None);
+    no_uid["request"]["uid"] = Value::Null;
+    let (status, text) = post(serde_json::to_vec(&no_uid).expect("JSON")).await;
+    assert_eq!((status, String::from_utf8_lossy(&text).contains("uid")), (400, true));
+
+    // Fail closed: a Pod whose containers cannot be read is denied.
+    let mut pod = object("pod");
+    pod["spec"]["containers"] = json!("not a list");
+    let answer = server.review("/validate", &review("Pod", "CREATE", &pod, None)).await;
+    assert_eq!(response(&answer)["allowed"], false);
+    assert!(message(&answer).contains("cannot check Pod"), "{answer}");
+    // An unexpected kind carries no Pod spec: allowed, with a warning that says so.
+    let answer = server
+        .review("/validate", &review("Service", "CREATE", &json!({"metadata": {"name": "s"}}), None))
+        .await;
+    assert_eq!(response(&answer)["allowed"], true);
+    assert!(response(&answer)["warnings"][0].as_str().unwrap_or_default().contains("Service"));
+    // An invalid image reference is denied with the kubelet's own words.
+    let mut pod = object("pod");
+    pod["spec"]["containers"][0]["image"] = json!("ghcr.io/Acme/web");
+    let answer = server.review("/validate", &review("Pod", "CREATE", &pod, None)).await;
+    assert!(message(&answer).contains("repository name (Acme/web) must be lowercase"), "{answer}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let server = TestServer::start(POLICY).await;
+    assert_eq!(server.operations("/healthz").await.0, 200);
+    let (status, ready) = server.operations("/readyz").await;
+    assert_eq!(status, 200);
+    assert!(ready.contains("generation 1"), "{ready}");
+    let mut pod = object("pod");
+    pod["spec"]["initContainers"] = json!([{"name": "i", "image": "unknown.example/x"}]);
+    server.review("/validate", &review("Pod", "CREATE", &pod, None)).await;
+    let (_, metrics) = server.operations("/metrics").await;
+    for line in [
+        r#"registry_gate_image_decisions_total{decision="allowed",registry="team-ghcr"} 1"#,
+        r#"registry_gate_image_decisions_total{decision="denied",registry="unregistered"} 1"#,
+        r#"registry_gate_admission_requests_total{kind="Pod",operation="CREATE",result="denied"} 1"#,
+        "registry_gate_policy_registries 4",
+        "registry_gate_admission_duration_seconds_count 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_client_does_not_hold_up_others() {
+    let server = TestServer::start(POLICY).await;
+    // Connects and never says hello: the handshake times out in its own task.
+    let _stalled = TcpStream::connect(server.webhook).await.expect("connect");
+    let answer = server.review("/validate", &review("Pod", "CREATE", &object("pod"), None)).await;
+    assert_eq!(response(&answer)["allowed"], true);
+    server.stop().await;
+}

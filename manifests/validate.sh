@@ -1,0 +1,376 @@
+#!/usr/bin/env bash
+# Checks the kustomizations in manifests/ against a real kube-apiserver (tests/controlplane):
+#
+#   1. every kustomization renders with `kubectl kustomize`;
+#   2. server-side dry-runs (`kubectl apply --server-side --dry-run=server --validate=strict -k`)
+#      of the base, both overlays and monitoring/, with cert-manager's and the Prometheus
+#      Operator's CRDs installed (taken from their Go modules; without Go those parts are skipped
+#      and everything else is still checked);
+#   3. a real apply of overlays/self-managed with a throwaway CA, then what the apply should
+#      cause: the caBundle is the CA; Pod and workload writes are refused while the webhook
+#      cannot be reached (fail closed); exempt namespaces are never sent to the webhooks; the
+#      policy ConfigMap can still be changed (its webhook fails open); metadata-only updates and
+#      mirror Pods are handled by the matchConditions; the Deployment's Pod passes Pod Security
+#      "restricted"; and the ServiceAccount has exactly the permissions manifests/README.md lists.
+#
+# There is no registry-gate server behind the Service here, so every webhook call fails; that
+# is what the failurePolicy checks rely on.
+#
+#   manifests/validate.sh [start.sh options, e.g. --keep]
+#
+# Prints one line per check and ends with "N passed, N failed, N skipped"; exits 1 if any failed.
+# Needs bash, openssl and base64; Go (for the CRDs) and jq (for one Pod Security check) are
+# optional. Writes only to a temporary directory; the control plane is stopped at the end.
+set -uo pipefail
+{
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "${HERE}/.." && pwd)"
+
+if [[ "${REGISTRY_GATE_VALIDATE_INNER:-}" != 1 ]]; then
+  # Outer call: start a throwaway control plane and run the checks inside it.
+  REGISTRY_GATE_VALIDATE_INNER=1 exec "${ROOT}/tests/controlplane/start.sh" "$@" -- "${HERE}/validate.sh"
+fi
+
+CERT_MANAGER_VERSION="${CERT_MANAGER_VERSION:-v1.21.2}"
+PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
+
+k() { "${REGISTRY_GATE_CONTROLPLANE_BIN}/kubectl" "$@"; }
+passed=0
+failed=0
+skipped=0
+report() { # ok|FAIL DESCRIPTION OUTPUT
+  if [[ "$1" == ok ]]; then
+    passed=$((passed + 1))
+    echo "ok   - $2"
+  else
+    failed=$((failed + 1))
+    echo "FAIL - $2"
+  fi
+  [[ -z "$3" ]] || sed 's/^/       | /' <<<"$3"
+}
+# check DESCRIPTION COMMAND...: passes when the command succeeds.
+check() {
+  local d="$1" out rc
+  shift
+  out="$("$@" 2>&1)"
+  rc=$?
+  if [[ ${rc} -eq 0 ]]; then report ok "${d}" "${out}"; else report FAIL "${d} (exit ${rc})" "${out}"; fi
+}
+# refused DESCRIPTION PATTERN COMMAND...: passes when the command fails and its output
+# contains PATTERN (an extended regular expression).
+refused() {
+  local d="$1" pattern="$2" out rc
+  shift 2
+  out="$("$@" 2>&1)"
+  rc=$?
+  if [[ ${rc} -ne 0 ]] && grep -Eq -- "${pattern}" <<<"${out}"; then
+    report ok "${d}" "${out}"
+  else
+    report FAIL "${d} (exit ${rc}, expected a refusal matching: ${pattern})" "${out}"
+  fi
+}
+skip() { skipped=$((skipped + 1)); echo "skip - $1: $2"; }
+
+WORK="$(mktemp -d)"
+trap 'rm -rf "${WORK}"' EXIT
+# Work on a copy, so that the test certificates never land in the repository.
+cp -r "${HERE}" "${WORK}/manifests"
+M="${WORK}/manifests"
+# Never test with (or overwrite) certificates someone put into the real overlay.
+rm -f "${M}/overlays/self-managed/certs/"{ca.crt,tls.crt,tls.key}
+
+# --- Test certificates for overlays/self-managed (what `registry-gate certs` would write). ------
+make_certs() {
+  local d="$1"
+  openssl ecparam -name prime256v1 -genkey -noout -out "${WORK}/ca.key" &&
+    openssl req -x509 -new -key "${WORK}/ca.key" -subj /CN=registry-gate-validate-ca -days 1 \
+      -out "${d}/ca.crt" &&
+    openssl ecparam -name prime256v1 -genkey -noout -out "${d}/tls.key" &&
+    openssl req -new -key "${d}/tls.key" -subj /CN=registry-gate.registry-gate.svc -out "${WORK}/tls.csr" &&
+    printf '%s\n' \
+      'subjectAltName=DNS:registry-gate.registry-gate.svc,DNS:registry-gate.registry-gate.svc.cluster.local' \
+      'extendedKeyUsage=serverAuth' >"${WORK}/ext" &&
+    openssl x509 -req -in "${WORK}/tls.csr" -CA "${d}/ca.crt" -CAkey "${WORK}/ca.key" \
+      -CAcreateserial -days 1 -extfile "${WORK}/ext" -out "${d}/tls.crt"
+}
+check "test CA and serving certificate written to a copy of overlays/self-managed/certs" \
+  make_certs "${M}/overlays/self-managed/certs"
+
+# --- Example overlays from manifests/README.md. ------------------------------------------------
+mkdir -p "${M}/overlays/example-custom"
+cp "${ROOT}/policy/default.yaml" "${M}/overlays/example-custom/my-policy.yaml"
+cat >"${M}/overlays/example-custom/kustomization.yaml" <<'EOF'
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ../cert-manager
+images:
+  - name: ghcr.io/registry-gate/registry-gate
+    newTag: "0.1.1"
+configMapGenerator:
+  - name: registry-gate-policy
+    namespace: registry-gate
+    behavior: replace
+    files:
+      - policy.yaml=my-policy.yaml
+patches:
+  - target:
+      labelSelector: registry-gate.io/optional=secret-sync
+    patch: |-
+      $patch: delete
+      apiVersion: rbac.authorization.k8s.io/v1
+      kind: ClusterRole
+      metadata:
+        name: any
+EOF
+
+# --- 1. Rendering. -----------------------------------------------------------------------------
+check "base/default-policy.yaml is identical to policy/default.yaml" \
+  cmp "${HERE}/base/default-policy.yaml" "${ROOT}/policy/default.yaml"
+for dir in base overlays/cert-manager overlays/self-managed overlays/example-custom monitoring; do
+  check "kubectl kustomize manifests/${dir}" k kustomize "${M}/${dir}" -o "${WORK}/${dir//\//-}.yaml"
+done
+example_overlay_as_documented() {
+  local out="${WORK}/overlays-example-custom.yaml"
+  ! grep -q 'secret-sync' "${out}" &&
+    grep -q 'image: ghcr.io/registry-gate/registry-gate:0.1.1' "${out}" &&
+    grep -q 'registry-gate.io/policy: "true"' "${out}" &&
+    grep -q 'name: registry-gate-policy$' "${out}"
+}
+check "README example overlay: no secret-sync objects, image tag and policy replaced, label kept" \
+  example_overlay_as_documented
+self_managed_ca_bundle_filled() {
+  [[ "$(grep -c 'caBundle:' "${WORK}/overlays-self-managed.yaml")" == 3 ]]
+}
+check "overlays/self-managed renders a caBundle for all three webhooks" self_managed_ca_bundle_filled
+
+# --- 2. Server-side dry-runs. ------------------------------------------------------------------
+dry_run() { k apply --server-side --dry-run=server --validate=strict "$@"; }
+
+# A dry-run creates nothing, so the namespaced objects of a dry-run would find no namespace.
+check "create the registry-gate Namespace for real (namespaced dry-runs need it)" \
+  k apply --server-side -f "${M}/base/namespace.yaml"
+check "dry-run: manifests/base" dry_run -k "${M}/base"
+check "dry-run: manifests/overlays/self-managed" dry_run -k "${M}/overlays/self-managed"
+
+# Without cert-manager's CRDs, everything but the Issuer and the Certificate must still pass.
+only_cert_manager_kinds_unknown() {
+  local out accepted unknown other
+  out="$(dry_run -k "${M}/overlays/cert-manager" 2>&1)"
+  echo "${out}"
+  accepted="$(grep -c 'serverside-applied (server dry run)' <<<"${out}")"
+  unknown="$(grep -c 'no matches for kind "\(Issuer\|Certificate\)" in version "cert-manager.io/v1"' <<<"${out}")"
+  other="$(grep -v -e 'serverside-applied (server dry run)' -e 'no matches for kind' \
+    -e '^ensure CRDs are installed first' <<<"${out}" | grep -c .)"
+  echo "accepted: ${accepted}, unknown cert-manager kinds: ${unknown}, other lines: ${other}"
+  [[ "${accepted}" == 14 && "${unknown}" == 2 && "${other}" == 0 ]]
+}
+check "dry-run without CRDs: overlays/cert-manager (all 14 objects of the base accepted)" \
+  only_cert_manager_kinds_unknown
+
+# module_dir MODULE VERSION: the module's directory in the Go module cache, downloaded if needed.
+module_dir() {
+  command -v go >/dev/null || return 1
+  (cd "${WORK}" && GOFLAGS=-mod=mod go mod download -json "$1@$2") |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
+}
+cm_dir="$(module_dir github.com/cert-manager/cert-manager "${CERT_MANAGER_VERSION}" 2>/dev/null)"
+if [[ -n "${cm_dir}" && -d "${cm_dir}/deploy/crds" ]]; then
+  cm_install() {
+    k apply --server-side -f "${cm_dir}/deploy/crds/cert-manager.io_issuers.yaml" \
+      -f "${cm_dir}/deploy/crds/cert-manager.io_certificates.yaml" &&
+      k wait --for=condition=Established --timeout=60s \
+        crd/issuers.cert-manager.io crd/certificates.cert-manager.io
+  }
+  check "install cert-manager ${CERT_MANAGER_VERSION} CRDs (Issuer, Certificate) from its Go module" cm_install
+  check "dry-run: manifests/overlays/cert-manager" dry_run -k "${M}/overlays/cert-manager"
+  check "dry-run: README example overlay (on top of overlays/cert-manager)" \
+    dry_run -k "${M}/overlays/example-custom"
+else
+  skip "dry-run: manifests/overlays/cert-manager" "cert-manager ${CERT_MANAGER_VERSION} CRDs not available (needs go)"
+fi
+
+po_dir="$(module_dir github.com/prometheus-operator/prometheus-operator "${PROMETHEUS_OPERATOR_VERSION}" 2>/dev/null)"
+if [[ -n "${po_dir}" && -d "${po_dir}/example/prometheus-operator-crd" ]]; then
+  po_install() {
+    k apply --server-side \
+      -f "${po_dir}/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" \
+      -f "${po_dir}/example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml" &&
+      k wait --for=condition=Established --timeout=60s \
+        crd/servicemonitors.monitoring.coreos.com crd/prometheusrules.monitoring.coreos.com
+  }
+  check "install Prometheus Operator ${PROMETHEUS_OPERATOR_VERSION} CRDs (ServiceMonitor, PrometheusRule)" po_install
+  check "dry-run: manifests/monitoring" dry_run -k "${M}/monitoring"
+else
+  skip "dry-run: manifests/monitoring" "Prometheus Operator ${PROMETHEUS_OPERATOR_VERSION} CRDs not available (needs go)"
+fi
+
+# --- 3. A real install of overlays/self-managed, and what it does. ------------------------------
+pod() { # NAMESPACE NAME [extra kubectl run flags]
+  local ns="$1" name="$2"
+  shift 2
+  k -n "${ns}" run "${name}" --image=registry.k8s.io/pause:3.10 --restart=Never "$@"
+}
+# Made before the webhooks exist, to check later that a metadata-only update still goes through.
+check "create Deployment default/existing before the webhooks exist" \
+  k -n default create deployment existing --image=registry.k8s.io/pause:3.10
+check "create Pod default/existing-pod before the webhooks exist" pod default existing-pod
+# The two-step install manifests/README.md describes: all but the webhook configurations, then all.
+check "apply for real, step 1: manifests/overlays/self-managed without the webhook configurations" \
+  k apply --server-side --validate=strict -k "${M}/overlays/self-managed" \
+  -l 'app.kubernetes.io/component!=webhook-configuration'
+no_webhook_configurations_yet() {
+  local out
+  out="$(k get validatingwebhookconfigurations,mutatingwebhookconfigurations -o name)"
+  echo "webhook configurations: ${out:-none}"
+  [[ -z "${out}" ]] && k -n registry-gate get deployment/registry-gate configmap/registry-gate-policy -o name
+}
+check "step 1 created the Deployment and the policy, and no webhook configuration" \
+  no_webhook_configurations_yet
+check "apply for real, step 2: manifests/overlays/self-managed (everything)" \
+  k apply --server-side --validate=strict -k "${M}/overlays/self-managed"
+
+ca_bundles_are_the_ca() {
+  local b n=0
+  for b in $(k get validatingwebhookconfiguration registry-gate \
+    -o jsonpath='{range .webhooks[*]}{.clientConfig.caBundle}{"\n"}{end}') \
+    $(k get mutatingwebhookconfiguration registry-gate \
+      -o jsonpath='{range .webhooks[*]}{.clientConfig.caBundle}{"\n"}{end}'); do
+    base64 -d <<<"${b}" | cmp -s - "${M}/overlays/self-managed/certs/ca.crt" || return 1
+    n=$((n + 1))
+  done
+  echo "${n} webhooks carry the CA"
+  [[ ${n} == 3 ]]
+}
+check "stored caBundle of all three webhooks decodes to certs/ca.crt" ca_bundles_are_the_ca
+service_references() {
+  local refs
+  refs="$(k get validatingwebhookconfiguration,mutatingwebhookconfiguration registry-gate \
+    -o jsonpath='{range .items[*].webhooks[*]}{.name} {.clientConfig.service.namespace}/{.clientConfig.service.name}:{.clientConfig.service.port}{.clientConfig.service.path} url={.clientConfig.url}{"\n"}{end}')"
+  echo "${refs}"
+  [[ "$(wc -l <<<"${refs}")" == 3 ]] && ! grep -v ' registry-gate/registry-gate:443/[a-z-]* url=$' <<<"${refs}" | grep -q .
+}
+check "all three webhooks use a Service reference (registry-gate/registry-gate:443), no URL" service_references
+
+refused "fail closed: Pod CREATE in default is refused while the webhook is unreachable" \
+  'failed calling webhook "pull-secrets\.registry-gate\.io"' pod default p1
+refused "fail closed: a server-side dry-run Pod CREATE is sent to the webhooks too" \
+  'failed calling webhook "pull-secrets\.registry-gate\.io"' pod default p1 --dry-run=server
+refused "fail closed: Deployment CREATE in default is refused" \
+  'failed calling webhook "images\.registry-gate\.io"' \
+  k -n default create deployment new --image=registry.k8s.io/pause:3.10
+check "matchCondition spec-changed: a label-only UPDATE of default/existing is admitted" \
+  k -n default label deployment existing team=payments
+refused "matchCondition spec-changed: an image UPDATE of default/existing is sent (and refused)" \
+  'failed calling webhook "images\.registry-gate\.io"' \
+  k -n default set image deployment/existing pause=registry.k8s.io/pause:3.9
+refused "pods/ephemeralcontainers: kubectl debug on default/existing-pod is sent (and refused)" \
+  'failed calling webhook "images\.registry-gate\.io"' \
+  k -n default debug existing-pod --image=registry.k8s.io/pause:3.10 --container=debugger
+check "matchCondition spec-changed: an annotation-only UPDATE of default/existing-pod is admitted" \
+  k -n default annotate pod existing-pod validate.registry-gate.io/touched=yes
+mirror_pod() {
+  k create -f - <<'EOF'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: mirror
+  namespace: default
+  annotations:
+    kubernetes.io/config.mirror: "validate"
+spec:
+  nodeName: node-1
+  containers:
+    - name: c
+      image: registry.k8s.io/pause:3.10
+EOF
+}
+# The mutating webhook runs first; the refusal must come from the validating one.
+refused "matchCondition not-a-mirror-pod: a mirror Pod skips pull-secrets and reaches images" \
+  'failed calling webhook "images\.registry-gate\.io"' mirror_pod
+check "namespaceSelector: Pod CREATE in kube-system is admitted" pod kube-system p1
+restricted_pod() { # a Pod that meets Pod Security "restricted", which registry-gate enforces
+  k create -f - <<'EOF'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: p1
+  namespace: registry-gate
+spec:
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 65532
+    seccompProfile:
+      type: RuntimeDefault
+  containers:
+    - name: c
+      image: registry.k8s.io/pause:3.10
+      securityContext:
+        allowPrivilegeEscalation: false
+        capabilities:
+          drop: ["ALL"]
+EOF
+}
+check "namespaceSelector: Pod CREATE in registry-gate is admitted" restricted_pod
+ignored_namespace() {
+  k create namespace opted-out && k label namespace opted-out registry-gate.io/ignore=true &&
+    pod opted-out p1
+}
+check "namespaceSelector: Pod CREATE in a namespace labelled registry-gate.io/ignore=true is admitted" \
+  ignored_namespace
+check "fail open: an UPDATE of the policy ConfigMap is admitted while the webhook is unreachable" \
+  k -n registry-gate annotate configmap registry-gate-policy validate.registry-gate.io/touched=yes
+template_pod() {
+  k -n registry-gate get deployment registry-gate -o json |
+    jq '{apiVersion: "v1", kind: "Pod",
+         metadata: {name: "template-check", namespace: "registry-gate", labels: .spec.template.metadata.labels},
+         spec: .spec.template.spec}' |
+    k create -f -
+}
+if command -v jq >/dev/null; then
+  check "Pod Security restricted (enforced on registry-gate): the Deployment's Pod template is admitted as a Pod" \
+    template_pod
+else
+  skip "Pod Security check of the Deployment's Pod template" "needs jq"
+fi
+refused "Pod Security restricted: a privileged Pod in registry-gate is refused" \
+  'violates PodSecurity "restricted' pod registry-gate privileged --privileged
+
+# --- RBAC: what the ServiceAccount may and may not do. --------------------------------------------
+SA=system:serviceaccount:registry-gate:registry-gate
+can() { # yes|no VERB RESOURCE [NAMESPACE]
+  local want="$1" got
+  got="$(k auth can-i "$2" "$3" ${4:+-n "$4"} --as="${SA}" 2>/dev/null)"
+  echo "can-i $2 $3 ${4:+-n $4}: ${got}"
+  [[ "${got}" == "${want}" ]]
+}
+can_all() { # yes|no RESOURCE NAMESPACE VERB...
+  local want="$1" resource="$2" ns="$3" verb
+  shift 3
+  for verb in "$@"; do can "${want}" "${verb}" "${resource}" "${ns}" || return 1; done
+}
+check "RBAC: get configmap/registry-gate-policy in registry-gate" can yes get configmap/registry-gate-policy registry-gate
+check "RBAC: no get of any other ConfigMap by name" can no get configmap/other registry-gate
+check "RBAC: list and watch ConfigMaps in registry-gate" can_all yes configmaps registry-gate list watch
+check "RBAC: no ConfigMaps outside registry-gate" can_all no configmaps default get list watch
+check "RBAC: no writes to the policy" can_all no configmap/registry-gate-policy registry-gate update patch delete
+check "RBAC: create and patch Events (core) in registry-gate" can_all yes events registry-gate create patch
+check "RBAC: create and patch Events (events.k8s.io) in registry-gate" \
+  can_all yes events.events.k8s.io registry-gate create patch
+check "RBAC: no Events elsewhere" can no create events default
+check "RBAC (optional secret sync): get/list/watch Secrets in registry-gate" \
+  can_all yes secrets registry-gate get list watch
+check "RBAC (optional secret sync): get/create/update/delete Secrets in any namespace" \
+  can_all yes secrets default get create update delete
+check "RBAC (optional secret sync): no list, watch or patch of Secrets in other namespaces" \
+  can_all no secrets default list watch patch
+check "RBAC: nothing on Pods or workloads" can_all no pods default create update
+check "RBAC: nothing on webhook configurations" \
+  can_all no validatingwebhookconfigurations.admissionregistration.k8s.io "" update patch
+
+echo
+echo "${passed} passed, ${failed} failed, ${skipped} skipped"
+[[ ${failed} -eq 0 ]]
+exit
+}

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use registry_gate::check::{self, DEFAULT_NAMESPACE, ImageReport};
 use registry_gate::metrics::Metrics;
+use registry_gate::policy::source::{self, ConfigMapName};
 use registry_gate::policy::{Policy, PolicyStore};
 use registry_gate::server::tls::CertificateFiles;
 use registry_gate::server::{ServeOptions, Server};
@@ -46,9 +47,17 @@ enum Command {
         tls_key: Option<PathBuf>,
         #[arg(long, default_value = "certs")]
         certs_dir: PathBuf,
-        /// Policy file (YAML or JSON); without it, the bundled policy/default.yaml.
-        #[arg(long, env = "REGISTRY_GATE_POLICY")]
+        /// Policy file (YAML or JSON), reloaded when it changes; without it and without
+        /// --policy-configmap, the bundled policy/default.yaml.
+        #[arg(long, env = "REGISTRY_GATE_POLICY", conflicts_with = "policy_configmap")]
         policy: Option<PathBuf>,
+        /// Policy ConfigMap as NAMESPACE/NAME (key policy.yaml), watched through the API server.
+        /// Until it has loaded, the webhook is not ready.
+        #[arg(long, env = "REGISTRY_GATE_POLICY_CONFIGMAP")]
+        policy_configmap: Option<ConfigMapName>,
+        /// Kubeconfig for --policy-configmap; otherwise KUBECONFIG or the in-cluster account.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
         /// Log format.
         #[arg(long, value_enum, default_value_t = LogFormat::Json)]
         log_format: LogFormat,
@@ -92,6 +101,16 @@ enum PolicyCommand {
     Validate { file: PathBuf },
 }
 
+/// Where `serve` reads its policy.
+enum PolicySource {
+    File(PathBuf),
+    ConfigMap { configmap: ConfigMapName, kubeconfig: Option<PathBuf> },
+    BuiltIn,
+}
+
+/// How often a policy file is checked for edits.
+const POLICY_FILE_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Json,
@@ -112,9 +131,24 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { listen, metrics_listen, tls_cert, tls_key, certs_dir, policy, log_format } => {
+        Command::Serve {
+            listen,
+            metrics_listen,
+            tls_cert,
+            tls_key,
+            certs_dir,
+            policy,
+            policy_configmap,
+            kubeconfig,
+            log_format,
+        } => {
             init_logging(log_format);
-            serve(listen, metrics_listen, tls_cert.zip(tls_key), &certs_dir, policy.as_deref())
+            let source = match (policy, policy_configmap) {
+                (Some(path), _) => PolicySource::File(path),
+                (None, Some(configmap)) => PolicySource::ConfigMap { configmap, kubeconfig },
+                (None, None) => PolicySource::BuiltIn,
+            };
+            serve(listen, metrics_listen, tls_cert.zip(tls_key), &certs_dir, source)
         }
         Command::Certs { out, names } => write_certs(&out, names),
         Command::Check { policy, namespace, output, manifests, images } => {
@@ -223,29 +257,41 @@ fn serve(
     metrics_listen: SocketAddr,
     tls: Option<(PathBuf, PathBuf)>,
     certs_dir: &Path,
-    policy_path: Option<&Path>,
+    policy_source: PolicySource,
 ) -> anyhow::Result<ExitCode> {
     let tls = match tls {
         Some((cert, key)) => CertificateFiles { cert, key },
         None => registry_gate::certs::ensure(certs_dir)?,
     };
     let store = Arc::new(PolicyStore::new(Metrics::new()));
-    let (text, source) = match policy_path {
-        Some(path) => (read(path)?, path.display().to_string()),
-        None => (DEFAULT_POLICY.to_owned(), "built-in policy/default.yaml".to_owned()),
-    };
-    match Policy::parse(&text) {
-        Ok(policy) => {
-            store.install(policy, &source);
+    // A file or the built-in policy must be valid to start; a ConfigMap may arrive later (the
+    // webhook is not ready until it does).
+    let mut loaded_text = String::new();
+    match &policy_source {
+        PolicySource::File(path) => {
+            loaded_text = read(path)?;
+            source::load(&store, &loaded_text, &path.display().to_string())
+                .with_context(|| format!("{} is not a valid policy", path.display()))?;
         }
-        Err(e) => {
-            store.reject(&e, &source);
-            anyhow::bail!("{source} is not a valid policy: {e}");
+        PolicySource::BuiltIn => {
+            source::load(&store, DEFAULT_POLICY, "built-in policy/default.yaml")
+                .context("the built-in policy is invalid")?;
         }
+        PolicySource::ConfigMap { .. } => {}
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let server = Server::bind(ServeOptions::new(listen, metrics_listen, tls), store).await?;
+        let server = Server::bind(ServeOptions::new(listen, metrics_listen, tls), store.clone()).await?;
+        let watcher = match policy_source {
+            PolicySource::File(path) => {
+                Some(tokio::spawn(source::watch_file(path, loaded_text, store, POLICY_FILE_POLL)))
+            }
+            PolicySource::ConfigMap { configmap, kubeconfig } => {
+                let client = kube_client(kubeconfig.as_deref()).await?;
+                Some(tokio::spawn(source::watch_configmap(client, configmap, store)))
+            }
+            PolicySource::BuiltIn => None,
+        };
         tracing::info!(
             target: "registry_gate::server",
             webhook = %server.webhook_addr(),
@@ -253,9 +299,26 @@ fn serve(
             "serving"
         );
         server.run(shutdown_signal()).await;
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A client from the given kubeconfig, else KUBECONFIG, else the in-cluster service account.
+async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+                .await?
+        }
+        None => kube::Config::infer().await.context("no kubeconfig and not in a cluster")?,
+    };
+    kube::Client::try_from(config).context("cannot build the Kubernetes client")
 }
 
 /// SIGTERM (what the kubelet sends) or Ctrl-C.

@@ -552,3 +552,31 @@ async fn a_stalled_client_does_not_hold_up_others() {
     assert_eq!(response(&answer)["allowed"], true);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn policy_configmap_edits_are_checked_at_the_door() {
+    let server = TestServer::start(POLICY).await;
+    let configmap = |policy: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "registry-gate-policy", "namespace": "registry-gate"},
+               "data": {"policy.yaml": policy}})
+    };
+    let mut request = review("ConfigMap", "UPDATE", &configmap(POLICY), None);
+    request["request"]["namespace"] = json!("registry-gate");
+    let answer = server.review("/validate-policy", &request).await;
+    assert_eq!(response(&answer)["allowed"], true, "{answer}");
+
+    let broken = POLICY.replace("type: GHCR", "type: ghcr").replace("url: docker.io/library}", "url: \"*\"}");
+    request["request"]["object"] = configmap(&broken);
+    let answer = server.review("/validate-policy", &request).await;
+    assert_eq!(response(&answer)["allowed"], false);
+    let text = message(&answer);
+    assert!(text.contains("registries[0].url") && text.contains("registries[1].type"), "{text}");
+    assert!(text.contains("line 8") && text.contains("did you mean \"GHCR\""), "{text}");
+
+    request["request"]["object"] =
+        json!({"metadata": {"name": "registry-gate-policy"}, "data": {"other": "x"}});
+    let answer = server.review("/validate-policy", &request).await;
+    assert!(message(&answer).contains("has no policy.yaml key"), "{answer}");
+    server.stop().await;
+}

@@ -242,3 +242,41 @@ fn mutate(request: &Request<'_>, spec: &PodSpec<'_>, snapshot: &PolicySnapshot) 
     );
     Answer { response: response.with_patch(&patch), outcome: Outcome::Allowed }
 }
+
+/// Answers a review of the policy ConfigMap itself: an invalid policy is refused, with the same
+/// problems `registry-gate policy validate` prints, before the API server stores it. The reload
+/// path stays defensive for edits that get past this (the webhook fails open so that an admin
+/// can always repair the policy).
+pub fn answer_policy_review(request: &Request<'_>) -> Answer {
+    use crate::policy::source::CONFIGMAP_KEY;
+
+    #[derive(serde::Deserialize)]
+    struct ConfigMapData {
+        #[serde(default)]
+        data: Option<std::collections::BTreeMap<String, String>>,
+    }
+
+    let uid = request.uid();
+    if !matches!(request.operation(), "CREATE" | "UPDATE") || request.kind() != "ConfigMap" {
+        return Answer { response: Response::allow(uid), outcome: Outcome::Allowed };
+    }
+    let subject = format!("ConfigMap {}/{}", request.namespace(), request.name());
+    let data = request.object.map(|object| serde_json::from_str::<ConfigMapData>(object.get()));
+    let text = match &data {
+        Some(Ok(ConfigMapData { data: Some(data) })) => data.get(CONFIGMAP_KEY),
+        Some(Err(e)) => return unreadable(request, &format!("it cannot be read: {e}")),
+        _ => None,
+    };
+    let Some(text) = text else {
+        let message = format!("registry-gate: {subject} has no {CONFIGMAP_KEY} key, so it holds no policy");
+        return Answer { response: Response::deny(uid, message), outcome: Outcome::Denied };
+    };
+    match crate::policy::Policy::parse(text) {
+        Ok(_) => Answer { response: Response::allow(uid), outcome: Outcome::Allowed },
+        Err(error) => {
+            tracing::warn!(target: "registry_gate::audit", uid, user = request.username(), configmap = %subject, problems = error.problems.len(), "policy edit refused");
+            let message = format!("registry-gate: {subject} key {CONFIGMAP_KEY}: {error}");
+            Answer { response: Response::deny(uid, message), outcome: Outcome::Denied }
+        }
+    }
+}

@@ -7,6 +7,7 @@ mod document;
 mod matcher;
 mod pattern;
 mod registry_type;
+pub mod source;
 mod store;
 
 use std::fmt;

@@ -1,6 +1,7 @@
 //! The HTTPS webhook server and the plain-HTTP operations server.
 //!
-//! - Webhook port (HTTPS only, HTTP/2 and HTTP/1.1 by ALPN): `POST /validate`, `POST /mutate`.
+//! - Webhook port (HTTPS only, HTTP/2 and HTTP/1.1 by ALPN): `POST /validate`, `POST /mutate`,
+//!   and `POST /validate-policy` for edits of the policy ConfigMap.
 //! - Operations port (HTTP): `GET /metrics`, `/healthz`, `/readyz` (ready only while a policy is
 //!   in force).
 //!
@@ -135,6 +136,7 @@ fn webhook_router(store: Arc<PolicyStore>, request_timeout: Duration) -> Router 
     Router::new()
         .route("/validate", post(validate))
         .route("/mutate", post(mutate))
+        .route("/validate-policy", post(validate_policy))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
         .with_state(store)
@@ -231,6 +233,22 @@ async fn mutate(State(store): State<Arc<PolicyStore>>, body: Bytes) -> Response 
     review(&store, Webhook::Mutate, &body)
 }
 
+/// Reviews of the policy ConfigMap need no policy in force: they are how a first one arrives.
+async fn validate_policy(State(store): State<Arc<PolicyStore>>, body: Bytes) -> Response {
+    let request = match Request::parse(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            store.metrics().requests.with_label_values(&["unknown", "unknown", "error"]).inc();
+            return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
+        }
+    };
+    let answer = admission::answer_policy_review(&request);
+    let labels = [operation_label(request.operation()), "ConfigMap", answer.outcome.label()];
+    store.metrics().requests.with_label_values(&labels).inc();
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], answer.response.to_review_json())
+        .into_response()
+}
+
 /// Kinds named in the request counter; any other is counted as `other`, keeping labels bounded.
 const COUNTED_KINDS: [&str; 8] = [
     "Pod",
@@ -242,6 +260,17 @@ const COUNTED_KINDS: [&str; 8] = [
     "CronJob",
     "ReplicationController",
 ];
+
+/// The operation as a bounded metric label: anything unexpected is `other`.
+fn operation_label(operation: &str) -> &'static str {
+    match operation {
+        "CREATE" => "CREATE",
+        "UPDATE" => "UPDATE",
+        "DELETE" => "DELETE",
+        "CONNECT" => "CONNECT",
+        _ => "other",
+    }
+}
 
 /// AdmissionReview bytes in, AdmissionReview bytes out. Synchronous: a decision never waits.
 pub fn review(store: &PolicyStore, webhook: Webhook, body: &[u8]) -> Response {
@@ -259,10 +288,7 @@ pub fn review(store: &PolicyStore, webhook: Webhook, body: &[u8]) -> Response {
         }
     };
     let answer = admission::answer(webhook, &request, &snapshot);
-    let operation = match request.operation() {
-        op @ ("CREATE" | "UPDATE" | "DELETE" | "CONNECT") => op,
-        _ => "other",
-    };
+    let operation = operation_label(request.operation());
     let kind = COUNTED_KINDS.into_iter().find(|k| *k == request.kind()).unwrap_or("other");
     metrics.requests.with_label_values(&[operation, kind, answer.outcome.label()]).inc();
     let body = answer.response.to_review_json();

@@ -102,9 +102,7 @@ struct FullRequest {
 
 fn images_lean(body: &[u8]) -> usize {
     let request = Request::parse(body).expect("valid review");
-    let object = request.object.expect("object");
-    let mut deserializer = serde_json::Deserializer::from_str(object.get());
-    let spec = WorkloadKind::Pod.pod_spec(&mut deserializer).expect("pod spec");
+    let spec = WorkloadKind::Pod.pod_spec(request.object.expect("object"));
     spec.images("spec").count()
 }
 

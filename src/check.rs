@@ -3,7 +3,9 @@
 
 use serde::Serialize;
 
-use crate::admission::workload::WorkloadKind;
+use serde::Deserialize;
+
+use crate::admission::workload::{ObjectView, WorkloadKind};
 use crate::image::Reference;
 use crate::policy::{Decision, Mode, Policy};
 use crate::yaml;
@@ -152,11 +154,12 @@ fn check_object(
     let field = |name: &str| metadata.and_then(|m| m.get(name)).and_then(|v| v.as_str());
     let label = format!("{kind_name}/{}", field("name").unwrap_or("(unnamed)"));
     let namespace = field("namespace").unwrap_or(default_namespace);
-    let spec = kind.pod_spec(object).map_err(|source| ManifestError::Shape {
+    let view = ObjectView::deserialize(object).map_err(|source| ManifestError::Shape {
         object: label.clone(),
         line,
         source,
     })?;
+    let spec = kind.pod_spec(view);
     for (location, image) in spec.images(kind.spec_path()) {
         let mut report = check_image(policy, image, namespace);
         report.object = Some(label.clone());

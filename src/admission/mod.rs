@@ -21,10 +21,7 @@
 pub mod review;
 pub mod workload;
 
-use std::collections::HashSet;
-
 use serde_json::json;
-use serde_json::value::RawValue;
 
 use crate::image::Reference;
 use crate::policy::{Decision, Denial, Mode, PolicySnapshot};
@@ -71,7 +68,7 @@ pub struct Answer {
 }
 
 /// Answers one AdmissionRequest against one policy snapshot.
-pub fn answer(webhook: Webhook, request: &Request<'_>, snapshot: &PolicySnapshot) -> Answer {
+pub fn answer(webhook: Webhook, mut request: Request<'_>, snapshot: &PolicySnapshot) -> Answer {
     let uid = request.uid();
     let allow = |outcome| Answer { response: Response::allow(uid), outcome };
     if !matches!(request.operation(), "CREATE" | "UPDATE") {
@@ -94,44 +91,39 @@ pub fn answer(webhook: Webhook, request: &Request<'_>, snapshot: &PolicySnapshot
     if policy.is_exempt(request.namespace()) {
         return allow(Outcome::Exempt);
     }
-    let Some(object) = request.object else {
-        return unreadable(request, "the request carries no object");
+    let (object, old_object) = (request.object.take(), request.old_object.take());
+    let Some(object) = object else {
+        return unreadable(request.uid(), request.kind(), request.name(), "the request carries no object");
     };
-    let spec = match read_spec(kind, object) {
-        Ok(spec) => spec,
-        Err(e) => return unreadable(request, &format!("its {} cannot be read: {e}", kind.spec_path())),
-    };
+    let spec = kind.pod_spec(object);
+    let old_spec = old_object.map(|old| kind.pod_spec(old));
     match webhook {
-        Webhook::Validate => validate(request, kind, &spec, snapshot),
-        Webhook::Mutate => mutate(request, &spec, snapshot),
+        Webhook::Validate => validate(&request, kind, &spec, old_spec.as_ref(), snapshot),
+        Webhook::Mutate => mutate(&request, &spec, snapshot),
     }
 }
 
-fn read_spec(kind: WorkloadKind, object: &RawValue) -> Result<PodSpec<'_>, serde_json::Error> {
-    let mut deserializer = serde_json::Deserializer::from_str(object.get());
-    kind.pod_spec(&mut deserializer)
-}
-
 /// Fail closed: an object whose images cannot be read is denied.
-fn unreadable(request: &Request<'_>, why: &str) -> Answer {
-    let message = format!("registry-gate cannot check {} {:?}: {why}", request.kind(), request.name());
-    tracing::warn!(target: "registry_gate::audit", uid = request.uid(), namespace = request.namespace(), kind = request.kind(), name = request.name(), reason = why, "denied: object unreadable");
-    Answer { response: Response::deny(request.uid(), message), outcome: Outcome::Error }
+pub fn unreadable(uid: &str, kind: &str, name: &str, why: &str) -> Answer {
+    let message = format!("registry-gate cannot check {kind} {name:?}: {why}");
+    tracing::warn!(target: "registry_gate::audit", uid, kind, name, reason = why, "denied: object unreadable");
+    Answer { response: Response::deny(uid, message), outcome: Outcome::Error }
 }
 
 fn validate(
     request: &Request<'_>,
     kind: WorkloadKind,
     spec: &PodSpec<'_>,
+    old_spec: Option<&PodSpec<'_>>,
     snapshot: &PolicySnapshot,
 ) -> Answer {
     let policy = &snapshot.policy;
     let namespace = request.namespace();
     // Images the object already had were admitted before; see the module notes on UPDATE.
-    let previous = previous_images(request, kind);
+    let previous = previous_images(old_spec, request.operation(), kind);
     let mut problems = Vec::new();
     for (location, image) in spec.images(kind.spec_path()) {
-        if previous.as_ref().is_some_and(|seen| seen.contains(image)) {
+        if previous.as_ref().is_some_and(|seen| seen.contains(&image)) {
             continue;
         }
         let (reference, decision) = policy.check(image, namespace);
@@ -190,14 +182,16 @@ fn count_denial(snapshot: &PolicySnapshot, denial: &Denial<'_>) {
     }
 }
 
-/// The images of the old object of an UPDATE; `None` for a CREATE or an unreadable old object.
-/// Owned, since the old spec is dropped here; only UPDATEs pay for it.
-fn previous_images(request: &Request<'_>, kind: WorkloadKind) -> Option<HashSet<String>> {
-    if request.operation() != "UPDATE" {
+/// The images of the old object of an UPDATE; `None` for a CREATE or no old object.
+fn previous_images<'o>(
+    old: Option<&'o PodSpec<'_>>,
+    operation: &str,
+    kind: WorkloadKind,
+) -> Option<Vec<&'o str>> {
+    if operation != "UPDATE" {
         return None;
     }
-    let old = read_spec(kind, request.old_object?).ok()?;
-    Some(old.images(kind.spec_path()).map(|(_, image)| image.to_owned()).collect())
+    Some(old?.images(kind.spec_path()).map(|(_, image)| image).collect())
 }
 
 fn mutate(request: &Request<'_>, spec: &PodSpec<'_>, snapshot: &PolicySnapshot) -> Answer {
@@ -250,23 +244,12 @@ fn mutate(request: &Request<'_>, spec: &PodSpec<'_>, snapshot: &PolicySnapshot) 
 pub fn answer_policy_review(request: &Request<'_>) -> Answer {
     use crate::policy::source::CONFIGMAP_KEY;
 
-    #[derive(serde::Deserialize)]
-    struct ConfigMapData {
-        #[serde(default)]
-        data: Option<std::collections::BTreeMap<String, String>>,
-    }
-
     let uid = request.uid();
     if !matches!(request.operation(), "CREATE" | "UPDATE") || request.kind() != "ConfigMap" {
         return Answer { response: Response::allow(uid), outcome: Outcome::Allowed };
     }
     let subject = format!("ConfigMap {}/{}", request.namespace(), request.name());
-    let data = request.object.map(|object| serde_json::from_str::<ConfigMapData>(object.get()));
-    let text = match &data {
-        Some(Ok(ConfigMapData { data: Some(data) })) => data.get(CONFIGMAP_KEY),
-        Some(Err(e)) => return unreadable(request, &format!("it cannot be read: {e}")),
-        _ => None,
-    };
+    let text = request.object.as_ref().and_then(|o| o.data.as_ref()).and_then(|data| data.get(CONFIGMAP_KEY));
     let Some(text) = text else {
         let message = format!("registry-gate: {subject} has no {CONFIGMAP_KEY} key, so it holds no policy");
         return Answer { response: Response::deny(uid, message), outcome: Outcome::Denied };

@@ -5,7 +5,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::workload::Text;
+use super::workload::{ObjectView, Text};
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
@@ -40,9 +40,34 @@ pub struct Request<'a> {
     #[serde(borrow, default)]
     pub user_info: Option<UserInfo<'a>>,
     #[serde(borrow, default)]
-    pub object: Option<&'a RawValue>,
+    pub object: Option<ObjectView<'a>>,
     #[serde(borrow, default)]
-    pub old_object: Option<&'a RawValue>,
+    pub old_object: Option<ObjectView<'a>>,
+}
+
+/// The same envelope with the objects left unread: used only when the one-pass read failed, to
+/// tell a broken envelope (400) from an object whose fields have the wrong shape (denied).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawEnvelope<'a> {
+    #[serde(borrow)]
+    request: Option<RawRequest<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawRequest<'a> {
+    #[serde(borrow, default)]
+    uid: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    kind: Option<GroupVersionKind<'a>>,
+    #[serde(borrow, default)]
+    name: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    namespace: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    #[allow(dead_code)]
+    object: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,12 +98,19 @@ pub enum ReviewError {
     /// A response must echo `request.uid`; without one no answer can be matched to the request.
     #[error("request.uid is missing; the API server always sends one")]
     NoUid,
+    /// A well-formed review whose object has fields of the wrong shape: answered with a denial
+    /// (fail closed), since its images cannot be seen.
+    #[error("{kind} {name:?} in namespace {namespace:?} cannot be read: {detail}")]
+    UnreadableObject { uid: String, kind: String, name: String, namespace: String, detail: String },
 }
 
 impl<'a> Request<'a> {
     /// Reads the request out of an AdmissionReview body.
     pub fn parse(body: &'a [u8]) -> Result<Self, ReviewError> {
-        let envelope: Envelope<'a> = serde_json::from_slice(body)?;
+        let envelope: Envelope<'a> = match serde_json::from_slice(body) {
+            Ok(envelope) => envelope,
+            Err(error) => return Err(Self::classify(body, error)),
+        };
         let api_version = envelope.api_version.as_deref().unwrap_or("");
         let kind = envelope.kind.as_deref().unwrap_or("");
         if api_version != API_VERSION || kind != KIND {
@@ -89,6 +121,25 @@ impl<'a> Request<'a> {
             return Err(ReviewError::NoUid);
         }
         Ok(request)
+    }
+
+    /// Why a body failed the one-pass read: a broken envelope, or a readable review with an
+    /// unreadable object. Only the error path pays for this second read.
+    fn classify(body: &[u8], error: serde_json::Error) -> ReviewError {
+        let Ok(RawEnvelope { request: Some(raw) }) = serde_json::from_slice::<RawEnvelope<'_>>(body) else {
+            return ReviewError::Malformed(error);
+        };
+        let text = |t: Option<Text<'_>>| t.map(|t| t.0.into_owned()).unwrap_or_default();
+        match raw.uid {
+            Some(uid) if !uid.is_empty() => ReviewError::UnreadableObject {
+                uid: uid.0.into_owned(),
+                kind: raw.kind.and_then(|k| k.kind).map(|k| k.0.into_owned()).unwrap_or_default(),
+                name: text(raw.name),
+                namespace: text(raw.namespace),
+                detail: error.to_string(),
+            },
+            _ => ReviewError::NoUid,
+        }
     }
 
     pub fn uid(&self) -> &str {
@@ -194,6 +245,7 @@ mod tests {
         assert_eq!((request.uid(), request.kind(), request.namespace()), ("705ab4f5", "Pod", "shop"));
         assert!(matches!(request.uid, Some(Text(std::borrow::Cow::Borrowed(_)))));
         assert!(request.old_object.is_none(), "null reads as no object");
+        assert!(request.object.is_some());
     }
 
     #[test]

@@ -41,42 +41,76 @@ impl WorkloadKind {
         }
     }
 
-    /// Reads the Pod spec of an object of this kind; a missing spec reads as empty.
-    pub fn pod_spec<'de, D: serde::Deserializer<'de>>(self, object: D) -> Result<PodSpec<'de>, D::Error> {
-        Ok(match self {
-            WorkloadKind::Pod => WithSpec::<PodSpec>::deserialize(object)?.spec,
-            WorkloadKind::PodTemplate => WithSpec::<WithTemplate>::deserialize(object)?.spec.template.spec,
+    /// Moves the Pod spec of an object of this kind out of its view.
+    pub fn pod_spec<'a>(self, object: ObjectView<'a>) -> PodSpec<'a> {
+        let spec = object.spec;
+        match self {
+            WorkloadKind::Pod => PodSpec {
+                containers: spec.containers,
+                init_containers: spec.init_containers,
+                ephemeral_containers: spec.ephemeral_containers,
+                volumes: spec.volumes,
+                image_pull_secrets: spec.image_pull_secrets,
+            },
+            WorkloadKind::PodTemplate => spec.template.map(|t| t.spec).unwrap_or_default(),
             WorkloadKind::CronJob => {
-                WithSpec::<WithJobTemplate>::deserialize(object)?.spec.job_template.spec.template.spec
+                spec.job_template.and_then(|j| j.spec.template).map(|t| t.spec).unwrap_or_default()
             }
-        })
+        }
     }
 }
 
-#[derive(Deserialize)]
-#[serde(bound(deserialize = "T: Deserialize<'de> + Default"))]
-struct WithSpec<T> {
+/// Any object registry-gate reviews, read in one pass whatever its kind: the Pod-level lists of
+/// a Pod's `spec`, a workload's `spec.template`, a CronJob's `spec.jobTemplate`, and a
+/// ConfigMap's `data`. Which part counts is chosen by kind afterwards ([`WorkloadKind::pod_spec`]);
+/// reading the object once instead of capturing it and reading it again halves the decode.
+#[derive(Debug, Default, Deserialize)]
+pub struct ObjectView<'a> {
+    #[serde(default, borrow, deserialize_with = "null_as_default")]
+    pub spec: SpecView<'a>,
+    /// Only ConfigMaps have it (the policy ConfigMap's review reads it).
     #[serde(default)]
-    spec: T,
+    pub data: Option<std::collections::BTreeMap<String, String>>,
 }
 
-#[derive(Default, Deserialize)]
-struct WithTemplate<'a> {
-    #[serde(default, borrow)]
-    template: WithSpec<PodSpec<'a>>,
-}
-
-#[derive(Default, Deserialize)]
+/// The union of the `spec` shapes of the reviewed kinds; absent parts stay empty.
+#[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct WithJobTemplate<'a> {
+pub struct SpecView<'a> {
+    #[serde(default, borrow, deserialize_with = "null_as_empty")]
+    containers: Vec<Container<'a>>,
+    #[serde(default, borrow, deserialize_with = "null_as_empty")]
+    init_containers: Vec<Container<'a>>,
+    #[serde(default, borrow, deserialize_with = "null_as_empty")]
+    ephemeral_containers: Vec<Container<'a>>,
+    #[serde(default, borrow, deserialize_with = "null_as_empty")]
+    volumes: Vec<Volume<'a>>,
+    #[serde(default, borrow, deserialize_with = "null_as_empty")]
+    image_pull_secrets: Vec<LocalObjectReference<'a>>,
+    /// Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, ReplicationController.
     #[serde(default, borrow)]
-    job_template: WithSpec<WithTemplate<'a>>,
+    template: Option<PodTemplate<'a>>,
+    /// CronJob.
+    #[serde(default, borrow)]
+    job_template: Option<JobTemplate<'a>>,
 }
 
-impl<T: Default> Default for WithSpec<T> {
-    fn default() -> Self {
-        WithSpec { spec: T::default() }
-    }
+#[derive(Debug, Default, Deserialize)]
+struct PodTemplate<'a> {
+    #[serde(default, borrow, deserialize_with = "null_as_default")]
+    spec: PodSpec<'a>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct JobTemplate<'a> {
+    #[serde(default, borrow, deserialize_with = "null_as_default")]
+    spec: JobSpec<'a>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct JobSpec<'a> {
+    #[serde(default, borrow)]
+    template: Option<PodTemplate<'a>>,
 }
 
 /// The parts of a Pod spec that registry-gate reads.
@@ -154,6 +188,15 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     }
 }
 
+/// Kubernetes clients may send `null` for an absent object.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 /// Kubernetes clients may send `null` for an empty list.
 fn null_as_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
 where
@@ -229,8 +272,8 @@ mod tests {
             "containers":[{"name":"a","image":"ghcr.io/acme/a"}],
             "initContainers":[{"name":"b","image":"b"}],
             "volumes":[{"name":"v","emptyDir":{}},{"name":"w","image":{"reference":"quay.io/x/y"}}]}}}}}}"#;
-        let mut deserializer = serde_json::Deserializer::from_str(json);
-        let spec = WorkloadKind::CronJob.pod_spec(&mut deserializer).expect("valid");
+        let object: ObjectView = serde_json::from_str(json).expect("valid");
+        let spec = WorkloadKind::CronJob.pod_spec(object);
         let images: Vec<String> = spec
             .images(WorkloadKind::CronJob.spec_path())
             .map(|(location, image)| format!("{location}={image}"))
@@ -248,8 +291,8 @@ mod tests {
     #[test]
     fn strings_without_escapes_are_borrowed() {
         let json = r#"{"spec":{"containers":[{"image":"nginx"}]}}"#;
-        let mut deserializer = serde_json::Deserializer::from_str(json);
-        let spec = WorkloadKind::Pod.pod_spec(&mut deserializer).expect("valid");
+        let object: ObjectView = serde_json::from_str(json).expect("valid");
+        let spec = WorkloadKind::Pod.pod_spec(object);
         assert!(matches!(spec.containers[0].image, Some(Text(Cow::Borrowed("nginx")))));
     }
 }

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::admission::review::Request;
+use crate::admission::review::{Request, ReviewError};
 use crate::admission::{self, Webhook};
 use crate::policy::PolicyStore;
 use tls::{CertificateFiles, ReloadingCertificate, TlsError};
@@ -245,8 +245,7 @@ async fn validate_policy(State(store): State<Arc<PolicyStore>>, body: Bytes) -> 
     let answer = admission::answer_policy_review(&request);
     let labels = [operation_label(request.operation()), "ConfigMap", answer.outcome.label()];
     store.metrics().requests.with_label_values(&labels).inc();
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], answer.response.to_review_json())
-        .into_response()
+    json_response(answer.response.to_review_json())
 }
 
 /// Kinds named in the request counter; any other is counted as `other`, keeping labels bounded.
@@ -282,16 +281,29 @@ pub fn review(store: &PolicyStore, webhook: Webhook, body: &[u8]) -> Response {
     };
     let request = match Request::parse(body) {
         Ok(request) => request,
+        Err(ReviewError::UnreadableObject { uid, kind, name, detail, .. }) => {
+            let answer = admission::unreadable(&uid, &kind, &name, &detail);
+            metrics.requests.with_label_values(&["unknown", kind_label(&kind), answer.outcome.label()]).inc();
+            return json_response(answer.response.to_review_json());
+        }
         Err(e) => {
             metrics.requests.with_label_values(&["unknown", "unknown", "error"]).inc();
             return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
         }
     };
-    let answer = admission::answer(webhook, &request, &snapshot);
     let operation = operation_label(request.operation());
-    let kind = COUNTED_KINDS.into_iter().find(|k| *k == request.kind()).unwrap_or("other");
+    let kind = kind_label(request.kind());
+    let answer = admission::answer(webhook, request, &snapshot);
     metrics.requests.with_label_values(&[operation, kind, answer.outcome.label()]).inc();
     let body = answer.response.to_review_json();
     metrics.duration.observe(started.elapsed().as_secs_f64());
+    json_response(body)
+}
+
+fn json_response(body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+fn kind_label(kind: &str) -> &'static str {
+    COUNTED_KINDS.into_iter().find(|k| *k == kind).unwrap_or("other")
 }

@@ -1,0 +1,333 @@
+//! The control plane every test of the binary shares: etcd + kube-apiserver from
+//! `tests/controlplane/start.sh`, and the kubectl built next to them.
+//!
+//! `start.sh` runs in its command mode (`start.sh --bin DIR -- sh -c '...; exec cat'`): the
+//! command announces the control plane's workdir on stdout and then reads its standard input
+//! until end of file. This process holds the only write end of that pipe for as long as it lives,
+//! so however the test process ends (success, failed assertion, panic in a static, Ctrl-C, even
+//! SIGKILL), the kernel closes the pipe, `cat` returns, and `start.sh` stops the apiserver and
+//! etcd by their PIDs and deletes the workdir. Rust runs no destructors for statics and tests
+//! have no global teardown; this needs neither.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+
+/// The repository root.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where this test run keeps its files (certificates, policies, logs): a directory per process
+/// under Cargo's `target/tmp`, kept when something fails, deleted otherwise by its owner.
+pub fn scratch(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("e2e-{prefix}-"))
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("a scratch directory under target/tmp")
+}
+
+/// One control plane per test process.
+pub struct ControlPlane {
+    pub bin: PathBuf,
+    pub workdir: PathBuf,
+    pub kubeconfig: PathBuf,
+    /// `https://127.0.0.1:<port>`
+    pub url: String,
+    /// The CA that signed the apiserver's serving certificate.
+    pub ca: PathBuf,
+    /// A bearer token of the admin (group system:masters).
+    pub token: String,
+    /// Held, never written: end of file on this pipe stops the control plane (see the module notes).
+    _keepalive: Mutex<(Child, ChildStdin, ChildStdout)>,
+}
+
+static CONTROL_PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
+/// Webhook configurations are cluster-wide; tests that register them take turns.
+static EXCLUSIVE: Mutex<()> = Mutex::new(());
+
+/// The shared control plane, started by the first caller. Panics (failing the test) with the
+/// reason when it cannot be had: a missing binary is a failure, never a skip.
+pub fn control_plane() -> &'static ControlPlane {
+    let result = CONTROL_PLANE.get_or_init(|| {
+        let started = Instant::now();
+        let result = ControlPlane::start().map_err(|e| format!("{e:#}"));
+        if let Ok(cp) = &result {
+            println!(
+                "control plane: {} up in {:.1} s (workdir {}, kubectl {})",
+                cp.url,
+                started.elapsed().as_secs_f64(),
+                cp.workdir.display(),
+                cp.bin.join("kubectl").display()
+            );
+        }
+        result
+    });
+    match result {
+        Ok(cp) => cp,
+        Err(e) => panic!("cannot start the kube-apiserver + etcd control plane for the e2e tests:\n{e}"),
+    }
+}
+
+/// Serializes the tests that register webhook configurations (a failed test does not poison it).
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    EXCLUSIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `REGISTRY_GATE_CONTROLPLANE_BIN`, else the last stdout line of `tests/controlplane/build.sh`
+/// (which returns at once when the binaries are cached, and builds them otherwise).
+pub fn binaries() -> anyhow::Result<PathBuf> {
+    let bin = match std::env::var_os("REGISTRY_GATE_CONTROLPLANE_BIN") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => {
+            let script = root().join("tests/controlplane/build.sh");
+            // Its progress goes to stderr, straight to the terminal: a cold build takes minutes.
+            let output = Command::new(&script)
+                .stdin(Stdio::null())
+                .stderr(Stdio::inherit())
+                .output()
+                .with_context(|| format!("cannot run {}", script.display()))?;
+            ensure!(
+                output.status.success(),
+                "{} failed ({}); set REGISTRY_GATE_CONTROLPLANE_BIN to a directory holding etcd, \
+                 kube-apiserver and kubectl v1.37, or fix the build (it needs Go and the Go module proxy)",
+                script.display(),
+                output.status
+            );
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+            PathBuf::from(last.trim())
+        }
+    };
+    for name in ["etcd", "kube-apiserver", "kubectl"] {
+        let path = bin.join(name);
+        ensure!(
+            path.is_file(),
+            "{} is missing: the control plane binaries are not available (REGISTRY_GATE_CONTROLPLANE_BIN \
+             or tests/controlplane/build.sh)",
+            path.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// start.sh's command: announce the workdir, then wait for end of file on stdin.
+const HOLD: &str =
+    r#"printf 'registry-gate-e2e-ready %s\n' "$REGISTRY_GATE_CONTROLPLANE_DIR"; exec cat >/dev/null"#;
+const READY: &str = "registry-gate-e2e-ready ";
+
+impl ControlPlane {
+    fn start() -> anyhow::Result<ControlPlane> {
+        let bin = binaries()?;
+        let start_log = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("e2e-controlplane-{}.log", std::process::id()));
+        let log =
+            File::create(&start_log).with_context(|| format!("cannot create {}", start_log.display()))?;
+        let script = root().join("tests/controlplane/start.sh");
+        let mut child = Command::new(&script)
+            .arg("--bin")
+            .arg(&bin)
+            .args(["--", "sh", "-c", HOLD])
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot run {}", script.display()))?;
+        let stdin = child.stdin.take().context("start.sh's stdin")?;
+        let mut stdout = BufReader::new(child.stdout.take().context("start.sh's stdout")?);
+        // start.sh has its own readiness timeout (90 s) and exits when it expires.
+        let mut workdir = None;
+        let mut line = String::new();
+        while workdir.is_none() {
+            line.clear();
+            if stdout.read_line(&mut line).context("reading start.sh's output")? == 0 {
+                let status = child.wait().ok().map(|s| s.to_string()).unwrap_or_default();
+                bail!(
+                    "start.sh exited ({status}) before the control plane was ready; its output ({}):\n{}",
+                    start_log.display(),
+                    tail(&std::fs::read_to_string(&start_log).unwrap_or_default(), 40)
+                );
+            }
+            workdir = line.trim_end().strip_prefix(READY).map(PathBuf::from);
+        }
+        let workdir = workdir.context("workdir")?;
+        let env =
+            std::fs::read_to_string(workdir.join("env")).context("reading the control plane's env file")?;
+        let var = |name: &str| -> anyhow::Result<String> {
+            env.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
+                .map(str::to_owned)
+                .with_context(|| format!("{name} missing from {}/env", workdir.display()))
+        };
+        let cp = ControlPlane {
+            kubeconfig: PathBuf::from(var("KUBECONFIG")?),
+            url: var("REGISTRY_GATE_APISERVER_URL")?,
+            ca: PathBuf::from(var("REGISTRY_GATE_APISERVER_CA")?),
+            token: var("REGISTRY_GATE_ADMIN_TOKEN")?,
+            bin,
+            workdir,
+            _keepalive: Mutex::new((child, stdin, stdout.into_inner())),
+        };
+        // Namespaces appear a moment after /readyz; wait for `default` to be listable.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let run = cp.kubectl(&["get", "namespace", "default", "-o", "name"]);
+            if run.success() {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "the apiserver does not serve namespaces: {}", run.stderr);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // start.sh's output only matters when it fails to start; it keeps writing to the unlinked file.
+        let _ = std::fs::remove_file(&start_log);
+        Ok(cp)
+    }
+
+    /// Runs kubectl against the control plane.
+    pub fn kubectl(&self, args: &[&str]) -> Run {
+        self.kubectl_with(args, None)
+    }
+
+    /// Runs kubectl with `input` on its standard input (for `-f -`).
+    pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> Run {
+        self.kubectl_with(args, Some(input))
+    }
+
+    fn kubectl_with(&self, args: &[&str], input: Option<&str>) -> Run {
+        let mut command = Command::new(self.bin.join("kubectl"));
+        command.arg("--kubeconfig").arg(&self.kubeconfig).args(args).current_dir(root());
+        run(command, input)
+    }
+
+    /// The last lines of the apiserver's log, for failure messages.
+    pub fn apiserver_log_tail(&self, lines: usize) -> String {
+        tail(
+            &std::fs::read_to_string(self.workdir.join("logs/kube-apiserver.log")).unwrap_or_default(),
+            lines,
+        )
+    }
+}
+
+/// A finished command: what it printed and how it ended.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub command: String,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// The run, or an error telling what went wrong when it failed.
+    pub fn ok(self) -> anyhow::Result<Run> {
+        ensure!(
+            self.success(),
+            "`{}` failed ({:?}):\n{}{}",
+            self.command,
+            self.code,
+            self.stderr,
+            self.stdout
+        );
+        Ok(self)
+    }
+
+    /// The run when it failed, or an error when it succeeded.
+    pub fn refused(self) -> anyhow::Result<Run> {
+        ensure!(
+            !self.success(),
+            "`{}` succeeded but should have been refused:\n{}{}",
+            self.command,
+            self.stdout,
+            self.stderr
+        );
+        Ok(self)
+    }
+
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_str(&self.stdout)
+            .with_context(|| format!("`{}` printed no JSON: {}", self.command, self.stdout))
+    }
+}
+
+/// Runs a command to completion, feeding it `input`.
+pub fn run(mut command: Command, input: Option<&str>) -> Run {
+    let display = {
+        let program = command.get_program().to_string_lossy();
+        let program = program.rsplit('/').next().unwrap_or_default().to_owned();
+        // The kubeconfig path is noise in messages.
+        let mut shown = vec![program];
+        let mut args = command.get_args().map(|a| a.to_string_lossy().into_owned());
+        while let Some(arg) = args.next() {
+            if arg == "--kubeconfig" {
+                args.next();
+            } else {
+                shown.push(arg);
+            }
+        }
+        shown.join(" ")
+    };
+    let started = Instant::now();
+    command.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let output: std::io::Result<Output> = command.spawn().and_then(|mut child| {
+        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+            // A child that exits early closes the pipe; its output tells why.
+            let _ = stdin.write_all(text.as_bytes());
+        }
+        child.wait_with_output()
+    });
+    match output {
+        Ok(output) => Run {
+            command: display,
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            elapsed: started.elapsed(),
+        },
+        Err(e) => Run {
+            command: display,
+            code: None,
+            stdout: String::new(),
+            stderr: format!("cannot run: {e}"),
+            elapsed: started.elapsed(),
+        },
+    }
+}
+
+/// The last `lines` lines of a text.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Polls `probe` every `every` until it returns `Some`, or fails after `timeout` with the last
+/// state `probe` reported through `last`.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut probe: impl FnMut(&mut String) -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        if let Some(value) = probe(&mut last) {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {:?} waiting for {what}; last state: {last}", timeout);
+        }
+        std::thread::sleep(every);
+    }
+}

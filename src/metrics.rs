@@ -1,9 +1,12 @@
 //! Prometheus metrics for audit dashboards (`manifests/monitoring/`).
 //!
 //! Labels are bounded: policy entry names, `unregistered` and `invalid` for registries; fixed
-//! words for operations, kinds and results. Per-image counters are resolved once per policy load
-//! ([`DecisionCounters`]) so that counting an image on the hot path is one atomic add, with no
-//! lock and no label hashing.
+//! words for operations, kinds and results. A registry's counters are resolved the first time it
+//! decides an image ([`DecisionCounters`]) and kept, so that counting on the hot path is one
+//! atomic add, with no lock and no label hashing; registries that never match export no series,
+//! which keeps a 10,000-entry policy from costing megabytes and a 30,000-line scrape.
+
+use std::sync::OnceLock;
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -43,28 +46,46 @@ pub struct Metrics {
     pub policy_reload_failures: IntCounter,
 }
 
-/// Counters of one policy's registries, resolved once at load so the hot path only adds.
+/// Counters of one policy's registries, each resolved on first use and then only added to.
 pub struct DecisionCounters {
-    allowed: Vec<IntCounter>,
-    denied: Vec<IntCounter>,
-    injected: Vec<IntCounter>,
+    /// Registry names by position in the policy, for resolving their labels.
+    names: Vec<String>,
+    registries: Vec<OnceLock<RegistryCounters>>,
+    image_decisions: IntCounterVec,
+    injections: IntCounterVec,
     unregistered: IntCounter,
     invalid: IntCounter,
     deny_listed: IntCounter,
 }
 
+struct RegistryCounters {
+    allowed: IntCounter,
+    denied: IntCounter,
+    injected: IntCounter,
+}
+
 impl DecisionCounters {
+    fn registry(&self, index: usize) -> Option<&RegistryCounters> {
+        let name = self.names.get(index)?;
+        let slot = self.registries.get(index)?;
+        Some(slot.get_or_init(|| RegistryCounters {
+            allowed: self.image_decisions.with_label_values(&[name.as_str(), "allowed"]),
+            denied: self.image_decisions.with_label_values(&[name.as_str(), "denied"]),
+            injected: self.injections.with_label_values(&[name.as_str()]),
+        }))
+    }
+
     /// An image allowed by registry `index` of the policy.
     pub fn allowed(&self, index: usize) {
-        if let Some(counter) = self.allowed.get(index) {
-            counter.inc();
+        if let Some(counters) = self.registry(index) {
+            counters.allowed.inc();
         }
     }
 
     /// An image denied although it matched registry `index` (namespace scope).
     pub fn denied_by(&self, index: usize) {
-        if let Some(counter) = self.denied.get(index) {
-            counter.inc();
+        if let Some(counters) = self.registry(index) {
+            counters.denied.inc();
         }
     }
 
@@ -82,8 +103,8 @@ impl DecisionCounters {
 
     /// A pull secret of registry `index` added to a Pod.
     pub fn injected(&self, index: usize) {
-        if let Some(counter) = self.injected.get(index) {
-            counter.inc();
+        if let Some(counters) = self.registry(index) {
+            counters.injected.inc();
         }
     }
 }
@@ -154,21 +175,17 @@ impl Metrics {
         }
     }
 
-    /// Resolves the per-registry counters of a policy about to be put in force.
+    /// The per-registry counters of a policy about to be put in force.
     pub fn decision_counters(&self, policy: &Policy) -> DecisionCounters {
-        let counter =
-            |registry: &str, decision: &str| self.image_decisions.with_label_values(&[registry, decision]);
+        let denied = |label: &str| self.image_decisions.with_label_values(&[label, "denied"]);
         DecisionCounters {
-            allowed: policy.registries.iter().map(|r| counter(&r.name, "allowed")).collect(),
-            denied: policy.registries.iter().map(|r| counter(&r.name, "denied")).collect(),
-            injected: policy
-                .registries
-                .iter()
-                .map(|r| self.injections.with_label_values(&[r.name.as_str()]))
-                .collect(),
-            unregistered: counter(UNREGISTERED, "denied"),
-            invalid: counter(INVALID, "denied"),
-            deny_listed: counter(DENY_RULE, "denied"),
+            names: policy.registries.iter().map(|r| r.name.clone()).collect(),
+            registries: policy.registries.iter().map(|_| OnceLock::new()).collect(),
+            image_decisions: self.image_decisions.clone(),
+            injections: self.injections.clone(),
+            unregistered: denied(UNREGISTERED),
+            invalid: denied(INVALID),
+            deny_listed: denied(DENY_RULE),
         }
     }
 

@@ -29,9 +29,16 @@ impl PolicyStore {
         PolicyStore { current: ArcSwapOption::empty(), metrics }
     }
 
-    /// The policy in force, if any has loaded. One atomic load; no lock.
+    /// The policy in force, if any has loaded, as an owned handle (for code off the hot path).
     pub fn current(&self) -> Option<Arc<PolicySnapshot>> {
         self.current.load_full()
+    }
+
+    /// The policy in force for the length of one request. arc-swap's guard borrows the snapshot
+    /// without touching the `Arc`'s shared count, which both cores would otherwise fight over
+    /// on every review.
+    pub fn in_force(&self) -> arc_swap::Guard<Option<Arc<PolicySnapshot>>> {
+        self.current.load()
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -275,7 +275,8 @@ fn operation_label(operation: &str) -> &'static str {
 pub fn review(store: &PolicyStore, webhook: Webhook, body: &[u8]) -> Response {
     let started = Instant::now();
     let metrics = store.metrics();
-    let Some(snapshot) = store.current() else {
+    let guard = store.in_force();
+    let Some(snapshot) = guard.as_deref() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "registry-gate has no valid policy loaded yet\n")
             .into_response();
     };
@@ -293,7 +294,7 @@ pub fn review(store: &PolicyStore, webhook: Webhook, body: &[u8]) -> Response {
     };
     let operation = operation_label(request.operation());
     let kind = kind_label(request.kind());
-    let answer = admission::answer(webhook, request, &snapshot);
+    let answer = admission::answer(webhook, request, snapshot);
     metrics.requests.with_label_values(&[operation, kind, answer.outcome.label()]).inc();
     let body = answer.response.to_review_json();
     metrics.duration.observe(started.elapsed().as_secs_f64());

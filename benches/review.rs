@@ -118,7 +118,9 @@ fn bench_review(c: &mut Criterion) {
     let store = PolicyStore::new(Metrics::new());
     store.install(policy(), "bench");
     let mut group = c.benchmark_group("review in process");
-    for (name, containers, env) in [("typical pod, 3 containers", 3, 16), ("large pod, 50 containers", 50, 40)] {
+    for (name, containers, env) in
+        [("typical pod, 3 containers", 3, 16), ("large pod, 50 containers", 50, 40)]
+    {
         let body = review(containers, env);
         println!("{name}: {} bytes", body.len());
         group.throughput(Throughput::Bytes(body.len() as u64));

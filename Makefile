@@ -12,7 +12,8 @@ run:
 # the end-to-end suite against a real kube-apiserver + etcd (built once from the Go module proxy
 # into ~/.cache/registry-gate, about 13 minutes cold; seconds when cached).
 test: controlplane
-	REGISTRY_GATE_CONTROLPLANE_BIN="$$(tests/controlplane/build.sh | tail -n 1)" $(CARGO) test --locked
+	REGISTRY_GATE_CONTROLPLANE_BIN="$$(tests/controlplane/build.sh | tail -n 1)" \
+		$(CARGO) test --locked --lib --bins --tests
 
 controlplane:
 	tests/controlplane/build.sh

@@ -1,7 +1,7 @@
 //! Load generator: registry-gate's webhook over real HTTPS on loopback, against a baseline
 //! measured in the same run.
 //!
-//! Run: `cargo bench --bench loadgen` (about a minute and a half once built). It prints a Markdown
+//! Run: `cargo bench --bench loadgen` (about 50 s once built). It prints a Markdown
 //! report and writes it to `target/loadgen-results.md`; the figures go in benches/RESULTS.md.
 //!
 //! What it does, all on 127.0.0.1, every loop bounded in time and count:
@@ -565,6 +565,19 @@ mod servers {
             .ok_or_else(|| std::io::Error::other("not an HTTP response"))
     }
 
+    /// The unit of /proc/PID/stat and /proc/stat times (USER_HZ), nearly always 100.
+    pub fn ticks_per_second() -> u64 {
+        static TICKS: OnceLock<u64> = OnceLock::new();
+        *TICKS.get_or_init(|| {
+            Command::new("getconf")
+                .arg("CLK_TCK")
+                .output()
+                .ok()
+                .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+                .unwrap_or(100)
+        })
+    }
+
     /// Where a process's CPU time is read. schedstat counts nanoseconds but needs a kernel with
     /// schedstats (and sums only live threads); /proc/PID/stat counts whole clock ticks (usually
     /// 10 ms, which over a 5 s window at ~1 core is an error well under 1%).
@@ -581,13 +594,7 @@ mod servers {
                 if fs::read_to_string("/proc/self/schedstat").is_ok() {
                     return CpuClock::Schedstat;
                 }
-                let per_second = Command::new("getconf")
-                    .arg("CLK_TCK")
-                    .output()
-                    .ok()
-                    .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
-                    .unwrap_or(100);
-                CpuClock::Ticks { per_second }
+                CpuClock::Ticks { per_second: ticks_per_second() }
             })
         }
 
@@ -862,6 +869,9 @@ pub struct RunResult {
     client_cpu_us: f64,
     /// Share of all the machine's CPU time that was busy over the measured window, in percent.
     machine_busy_pct: f64,
+    /// The part of that busy time that neither this server nor the client used: other processes
+    /// (a build, say) competing for the same cores. Percent of all cores' time.
+    others_pct: f64,
     errors: u64,
     first_errors: Vec<String>,
 }
@@ -878,14 +888,15 @@ impl RunResult {
     fn summary(&self) -> String {
         let mode = self.label();
         let mut line = format!(
-            "{} {mode}: {:.0} req/s, p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, server CPU {:.1} µs/req, machine {:.0}% busy",
+            "{} {mode}: {:.0} req/s, p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, server CPU {:.1} µs/req, machine {:.0}% busy ({:.0}% others)",
             self.server,
             self.rps,
             self.p50_us,
             self.p99_us,
             self.p999_us,
             self.server_cpu_us,
-            self.machine_busy_pct
+            self.machine_busy_pct,
+            self.others_pct
         );
         if let Some(first) = self.first_errors.first() {
             let first: String = first.chars().take(160).collect();
@@ -938,6 +949,17 @@ mod load {
         std::thread::sleep(period);
         let after = machine_ticks()?;
         Ok(busy_percent(before, after))
+    }
+
+    /// Busy time of all cores minus what the server and the client used, in percent of all
+    /// cores' time. /proc/stat counts whole ticks, so this is good to about a percent.
+    fn others_percent(before: &CpuSample, after: &CpuSample) -> f64 {
+        let hz = servers::ticks_per_second().max(1) as f64;
+        let capacity = after.machine.1.saturating_sub(before.machine.1).max(1) as f64 / hz;
+        let busy = after.machine.0.saturating_sub(before.machine.0) as f64 / hz;
+        let ours = (after.server.saturating_sub(before.server) + after.client.saturating_sub(before.client))
+            .as_secs_f64();
+        100.0 * (busy - ours).max(0.0) / capacity
     }
 
     fn busy_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
@@ -1175,6 +1197,7 @@ mod load {
             server_cpu_us: per_request(before.server, after.server),
             client_cpu_us: per_request(before.client, after.client),
             machine_busy_pct: busy_percent(before.machine, after.machine),
+            others_pct: others_percent(before, after),
             errors: stats.errors,
             first_errors: stats.first_errors.clone(),
         }
@@ -1263,7 +1286,7 @@ mod report {
         );
         let _ = writeln!(
             out,
-            "- Each closed-loop row: {} s warm-up, {} s measured. CPU per request: the server's (or the client's) CPU time over the measured window divided by the requests answered in it, read from {}. Machine CPU busy: the share of all cores' time not idle over that window (/proc/stat), client and servers together.\n",
+            "- Each closed-loop row: {} s warm-up, {} s measured. CPU per request: the server's (or the client's) CPU time over the measured window divided by the requests answered in it, read from {}. Machine CPU busy: the share of all cores' time not idle over that window (/proc/stat); \"other processes\" is the part of it that neither the measured server nor the client used (anything above a few percent means something else ran and the row is suspect).\n",
             WARMUP.as_secs(),
             MEASURE.as_secs(),
             r.cpu_source
@@ -1274,13 +1297,13 @@ mod report {
         let _ = writeln!(out, "## Closed loop\n");
         let _ = writeln!(
             out,
-            "| server | concurrency | req/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | client CPU µs/req | machine CPU busy | errors |"
+            "| server | concurrency | req/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | client CPU µs/req | machine CPU busy | of it, other processes | errors |"
         );
-        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
         for row in rows {
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0}% | {} |",
+                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0}% | {:.0}% | {} |",
                 row.server,
                 row.concurrency,
                 row.rps,
@@ -1290,6 +1313,7 @@ mod report {
                 row.server_cpu_us,
                 row.client_cpu_us,
                 row.machine_busy_pct,
+                row.others_pct,
                 row.errors
             );
         }
@@ -1325,13 +1349,13 @@ mod report {
         );
         let _ = writeln!(
             out,
-            "| server | asked req/s | achieved req/s | p50 µs | p99 µs | p99.9 µs | send lag p99 µs | server CPU µs/req | client CPU µs/req | machine CPU busy | errors |"
+            "| server | asked req/s | achieved req/s | p50 µs | p99 µs | p99.9 µs | send lag p99 µs | server CPU µs/req | client CPU µs/req | machine CPU busy | of it, other processes | errors |"
         );
-        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
         for row in rows {
             let _ = writeln!(
                 out,
-                "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0}% | {} |",
+                "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0}% | {:.0}% | {} |",
                 row.server,
                 row.target_rps.unwrap_or_default(),
                 row.rps,
@@ -1342,6 +1366,7 @@ mod report {
                 row.server_cpu_us,
                 row.client_cpu_us,
                 row.machine_busy_pct,
+                row.others_pct,
                 row.errors
             );
         }

@@ -202,11 +202,6 @@ impl WildcardShape {
             None => &pattern.key,
         }
     }
-
-    /// Whether a canonical host has this shape's label count (cheap pre-check before `mask`).
-    pub fn label_count(&self) -> usize {
-        self.labels
-    }
 }
 
 /// What follows the first `skip` labels of a host of exactly `labels` labels (port included):
@@ -233,7 +228,7 @@ fn suffix_after_labels(host: &str, labels: usize, skip: usize) -> Option<&str> {
 }
 
 /// Number of DNS labels of a host name (without port).
-pub fn label_count(name: &str) -> usize {
+fn label_count(name: &str) -> usize {
     name.bytes().filter(|&b| b == b'.').count() + 1
 }
 

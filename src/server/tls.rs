@@ -89,11 +89,6 @@ impl ReloadingCertificate {
         Ok(Arc::new(ReloadingCertificate { files, current: ArcSwap::from_pointee(certified) }))
     }
 
-    /// The certificate chain being served now.
-    pub fn current_chain(&self) -> Vec<CertificateDer<'static>> {
-        self.current.load().cert.clone()
-    }
-
     /// Polls the files every `interval` and swaps in a changed pair, until the task is dropped.
     pub async fn watch(self: Arc<Self>, interval: Duration) {
         let mut seen = self.files.fingerprint();

@@ -580,3 +580,39 @@ async fn policy_configmap_edits_are_checked_at_the_door() {
     assert!(message(&answer).contains("has no policy.yaml key"), "{answer}");
     server.stop().await;
 }
+
+/// A self-signed pair for "localhost" that expired yesterday.
+fn write_expired_certificate(dir: &Path) -> CertificateFiles {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(30);
+    params.not_after = now - time::Duration::days(1);
+    let certificate = params.self_signed(&key).expect("certificate");
+    std::fs::create_dir_all(dir).expect("dir");
+    std::fs::write(dir.join("tls.crt"), certificate.pem()).expect("written");
+    std::fs::write(dir.join("tls.key"), key.serialize_pem()).expect("written");
+    CertificateFiles { cert: dir.join("tls.crt"), key: dir.join("tls.key") }
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_refused_at_start_and_at_rotation() {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let expired = write_expired_certificate(&dir.path().join("expired"));
+    let store = Arc::new(PolicyStore::new(Metrics::new()));
+    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    let error = Server::bind(ServeOptions::new(loopback, loopback, expired.clone()), store).await.err();
+    let message = error.map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("expired at"), "{message}");
+
+    // A rotation to an expired pair is refused; the valid certificate keeps being served.
+    let server = TestServer::start(POLICY).await;
+    let before = server.client().await.peer_certificate;
+    std::fs::copy(&expired.cert, server.dir.path().join("tls.crt")).expect("copied");
+    std::fs::copy(&expired.key, server.dir.path().join("tls.key")).expect("copied");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = server.client().await;
+    assert_eq!(after.peer_certificate, before, "still the valid certificate");
+    server.stop().await;
+}

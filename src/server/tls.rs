@@ -5,7 +5,8 @@
 //! the files' modification times and sizes swaps in a new one. Polling, rather than inotify,
 //! survives the kubelet's `..data` symlink swap without special cases, and a one-second poll is
 //! far quicker than any rotation schedule. A bad new pair (unreadable, mismatched, not PEM) is
-//! refused loudly and the serving certificate stays.
+//! refused loudly and the serving certificate stays; so is one that has expired or is not valid
+//! yet, and a certificate within a week of expiry is warned about at every load.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,6 +41,9 @@ pub enum TlsError {
     /// The key is of a type rustls cannot sign with, or does not belong to the certificate.
     #[error("the key in {key} cannot serve the certificate in {cert}: {detail}")]
     Unusable { cert: PathBuf, key: PathBuf, detail: String },
+    /// The certificate is not valid now: every client would refuse it.
+    #[error("the certificate in {path} is not valid now: {detail}")]
+    NotValidNow { path: PathBuf, detail: String },
 }
 
 impl CertificateFiles {
@@ -52,6 +56,7 @@ impl CertificateFiles {
         if chain.is_empty() {
             return Err(TlsError::NoCertificate { path: self.cert.clone() });
         }
+        check_validity(&self.cert, &chain[0])?;
         let key = PrivateKeyDer::from_pem_slice(&key_pem)
             .map_err(|e| TlsError::NoKey { path: self.key.clone(), detail: e.to_string() })?;
         let unusable =
@@ -69,6 +74,28 @@ impl CertificateFiles {
             |path: &Path| std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
         Some([stat(&self.cert)?, stat(&self.key)?])
     }
+}
+
+/// Refuses a serving certificate that has expired or is not valid yet: serving it would fail
+/// every handshake, and the API server would report only "x509: certificate has expired".
+fn check_validity(path: &Path, certificate: &CertificateDer<'_>) -> Result<(), TlsError> {
+    let not_valid = |detail: String| TlsError::NotValidNow { path: path.to_owned(), detail };
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref())
+        .map_err(|e| not_valid(format!("it cannot be parsed as X.509: {e}")))?;
+    let validity = parsed.validity();
+    let now = x509_parser::time::ASN1Time::now();
+    if now < validity.not_before {
+        return Err(not_valid(format!("it is valid only from {}", validity.not_before)));
+    }
+    if now > validity.not_after {
+        return Err(not_valid(format!("it expired at {}", validity.not_after)));
+    }
+    if let Some(left) = validity.time_to_expiration() {
+        if left < time::Duration::days(7) {
+            tracing::warn!(target: "registry_gate::tls", cert = %path.display(), expires = %validity.not_after, "serving certificate expires within a week");
+        }
+    }
+    Ok(())
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {

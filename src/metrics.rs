@@ -13,7 +13,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::policy::Policy;
+use crate::policy::{self, Policy};
 
 /// Latency buckets from 10 µs to 1 s.
 const DURATION_BUCKETS: [f64; 16] = [
@@ -48,8 +48,6 @@ pub struct Metrics {
 
 /// Counters of one policy's registries, each resolved on first use and then only added to.
 pub struct DecisionCounters {
-    /// Registry names by position in the policy, for resolving their labels.
-    names: Vec<String>,
     registries: Vec<OnceLock<RegistryCounters>>,
     image_decisions: IntCounterVec,
     injections: IntCounterVec,
@@ -65,26 +63,26 @@ struct RegistryCounters {
 }
 
 impl DecisionCounters {
-    fn registry(&self, index: usize) -> Option<&RegistryCounters> {
-        let name = self.names.get(index)?;
-        let slot = self.registries.get(index)?;
-        Some(slot.get_or_init(|| RegistryCounters {
-            allowed: self.image_decisions.with_label_values(&[name.as_str(), "allowed"]),
-            denied: self.image_decisions.with_label_values(&[name.as_str(), "denied"]),
-            injected: self.injections.with_label_values(&[name.as_str()]),
+    /// The counters of a registry of the policy these counters were made for.
+    fn registry(&self, registry: &policy::Registry) -> Option<&RegistryCounters> {
+        let name = registry.name.as_str();
+        Some(self.registries.get(registry.position)?.get_or_init(|| RegistryCounters {
+            allowed: self.image_decisions.with_label_values(&[name, "allowed"]),
+            denied: self.image_decisions.with_label_values(&[name, "denied"]),
+            injected: self.injections.with_label_values(&[name]),
         }))
     }
 
-    /// An image allowed by registry `index` of the policy.
-    pub fn allowed(&self, index: usize) {
-        if let Some(counters) = self.registry(index) {
+    /// An image allowed by `registry`.
+    pub fn allowed(&self, registry: &policy::Registry) {
+        if let Some(counters) = self.registry(registry) {
             counters.allowed.inc();
         }
     }
 
-    /// An image denied although it matched registry `index` (namespace scope).
-    pub fn denied_by(&self, index: usize) {
-        if let Some(counters) = self.registry(index) {
+    /// An image denied although it matched `registry` (namespace scope).
+    pub fn denied_by(&self, registry: &policy::Registry) {
+        if let Some(counters) = self.registry(registry) {
             counters.denied.inc();
         }
     }
@@ -101,9 +99,9 @@ impl DecisionCounters {
         self.deny_listed.inc();
     }
 
-    /// A pull secret of registry `index` added to a Pod.
-    pub fn injected(&self, index: usize) {
-        if let Some(counters) = self.registry(index) {
+    /// A pull secret of `registry` added to a Pod.
+    pub fn injected(&self, registry: &policy::Registry) {
+        if let Some(counters) = self.registry(registry) {
             counters.injected.inc();
         }
     }
@@ -179,7 +177,6 @@ impl Metrics {
     pub fn decision_counters(&self, policy: &Policy) -> DecisionCounters {
         let denied = |label: &str| self.image_decisions.with_label_values(&[label, "denied"]);
         DecisionCounters {
-            names: policy.registries.iter().map(|r| r.name.clone()).collect(),
             registries: policy.registries.iter().map(|_| OnceLock::new()).collect(),
             image_decisions: self.image_decisions.clone(),
             injections: self.injections.clone(),

@@ -24,7 +24,7 @@ pub mod workload;
 use serde_json::json;
 
 use crate::image::Reference;
-use crate::policy::{Decision, Denial, Mode, PolicySnapshot};
+use crate::policy::{Decision, Denial, Mode, PolicySnapshot, Registry};
 use review::{Request, Response};
 use workload::{PodSpec, WorkloadKind};
 
@@ -128,7 +128,7 @@ fn validate(
         }
         let (reference, decision) = policy.check(image, namespace);
         match &decision {
-            Decision::Allowed(registry) => snapshot.counters.allowed(registry.position),
+            Decision::Allowed(registry) => snapshot.counters.allowed(registry),
             Decision::Denied(denial) => {
                 count_denial(snapshot, denial);
                 let reason = policy.denial_message(reference.as_ref(), denial, namespace);
@@ -177,7 +177,7 @@ fn count_denial(snapshot: &PolicySnapshot, denial: &Denial<'_>) {
     match denial {
         Denial::InvalidReference(_) => snapshot.counters.invalid(),
         Denial::Unregistered => snapshot.counters.unregistered(),
-        Denial::NamespaceNotAllowed(registry) => snapshot.counters.denied_by(registry.position),
+        Denial::NamespaceNotAllowed(registry) => snapshot.counters.denied_by(registry),
         Denial::DenyListed(_) => snapshot.counters.deny_listed(),
     }
 }
@@ -197,13 +197,13 @@ fn previous_images<'o>(
 fn mutate(request: &Request<'_>, spec: &PodSpec<'_>, snapshot: &PolicySnapshot) -> Answer {
     let policy = &snapshot.policy;
     let existing: Vec<&str> = spec.image_pull_secrets.iter().filter_map(|s| s.name.as_deref()).collect();
-    let mut missing: Vec<(&str, usize)> = Vec::new();
+    let mut missing: Vec<(&str, &Registry)> = Vec::new();
     for (_, image) in spec.images(WorkloadKind::Pod.spec_path()) {
         let Ok(reference) = Reference::parse(image) else { continue };
         if let Decision::Allowed(registry) = policy.decide(&reference, request.namespace()) {
             if let Some(secret) = registry.pull_secret.as_deref() {
                 if !existing.contains(&secret) && !missing.iter().any(|(s, _)| *s == secret) {
-                    missing.push((secret, registry.position));
+                    missing.push((secret, registry));
                 }
             }
         }
@@ -212,11 +212,11 @@ fn mutate(request: &Request<'_>, spec: &PodSpec<'_>, snapshot: &PolicySnapshot) 
     if missing.is_empty() {
         return Answer { response, outcome: Outcome::Allowed };
     }
-    for (_, position) in &missing {
-        snapshot.counters.injected(*position);
+    for (_, registry) in &missing {
+        snapshot.counters.injected(registry);
     }
     let secrets: Vec<serde_json::Value> = missing.iter().map(|(name, _)| json!({ "name": name })).collect();
-    let patch = if existing.is_empty() && spec.image_pull_secrets.is_empty() {
+    let patch = if spec.image_pull_secrets.is_empty() {
         json!([{ "op": "add", "path": "/spec/imagePullSecrets", "value": secrets }])
     } else {
         serde_json::Value::Array(

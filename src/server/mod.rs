@@ -32,6 +32,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::admission::review::{Request, ReviewError};
 use crate::admission::{self, Webhook};
+use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
 use tls::{CertificateFiles, ReloadingCertificate, TlsError};
 
@@ -242,10 +243,7 @@ async fn mutate(State(store): State<Arc<PolicyStore>>, body: Bytes) -> Response 
 async fn validate_policy(State(store): State<Arc<PolicyStore>>, body: Bytes) -> Response {
     let request = match Request::parse(&body) {
         Ok(request) => request,
-        Err(e) => {
-            store.metrics().requests.with_label_values(&["unknown", "unknown", "error"]).inc();
-            return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
-        }
+        Err(e) => return malformed(store.metrics(), &e),
     };
     let answer = admission::answer_policy_review(&request);
     let labels = [operation_label(request.operation()), "ConfigMap", answer.outcome.label()];
@@ -292,10 +290,7 @@ pub fn review(store: &PolicyStore, webhook: Webhook, body: &[u8]) -> Response {
             metrics.requests.with_label_values(&["unknown", kind_label(&kind), answer.outcome.label()]).inc();
             return json_response(answer.response.to_review_json());
         }
-        Err(e) => {
-            metrics.requests.with_label_values(&["unknown", "unknown", "error"]).inc();
-            return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
-        }
+        Err(e) => return malformed(metrics, &e),
     };
     let operation = operation_label(request.operation());
     let kind = kind_label(request.kind());
@@ -304,6 +299,12 @@ pub fn review(store: &PolicyStore, webhook: Webhook, body: &[u8]) -> Response {
     let body = answer.response.to_review_json();
     metrics.duration.observe(started.elapsed().as_secs_f64());
     json_response(body)
+}
+
+/// A body that is not an AdmissionReview: 400 with the reason, counted as an error.
+fn malformed(metrics: &Metrics, error: &ReviewError) -> Response {
+    metrics.requests.with_label_values(&["unknown", "unknown", "error"]).inc();
+    (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response()
 }
 
 fn json_response(body: Vec<u8>) -> Response {

@@ -165,12 +165,7 @@ impl<'a> Reference<'a> {
             Err(ParseError::Identifier(_)) => return Err(ParseError::ImageId),
             Err(e) => return Err(e),
         };
-        // `sha256:<hex>` parses as the Docker Hub image `library/sha256` with a tag, but
-        // containerd's `LocalResolve` first tries it as an image ID (as `ParseAnyReference`
-        // does). Only a short name whose repository is an algorithm's name can be one, which
-        // keeps the full digest check off the common path.
-        let algorithm_named = matches!(reference.remote, "sha256" | "sha384" | "sha512");
-        if reference.short_name && algorithm_named && digest::validate(image, DigestAlgorithms::ALL).is_ok() {
+        if reference.short_name && is_image_id_prefix(image) {
             return Err(ParseError::ImageId);
         }
         if reference.domain.is_empty() {
@@ -335,6 +330,24 @@ impl fmt::Display for Reference<'_> {
     }
 }
 
+/// Whether containerd would look `image` up as (a prefix of) the ID of an image cached on the
+/// node: `sha256:` (or `sha384:`, `sha512:`) and any number of hex digits.
+///
+/// Go reads `sha256:0123` as the Docker Hub image `library/sha256` with tag `0123`, and the
+/// kubelet passes it on unchanged. containerd's CRI `LocalResolve` then finds no image of that
+/// name and asks its ID index (go-digest's `digestset`), which matches any prefix of an ID.
+/// So the Pod would run whichever cached image's ID starts with `0123`, from no registry at all.
+/// Upper-case hex never matches an ID (IDs are lower case), but it is refused as well: nothing
+/// legitimate is spelled that way, and failing closed costs nothing here.
+fn is_image_id_prefix(image: &str) -> bool {
+    let Some((algorithm, hex)) = grammar::split_at_byte(image, b':') else {
+        return false;
+    };
+    matches!(algorithm, "sha256" | "sha384" | "sha512")
+        && !hex.is_empty()
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Go's `splitDockerDomain`: where the registry host ends and the repository begins.
 struct DomainSplit<'a> {
     domain: &'a str,
@@ -413,6 +426,44 @@ mod tests {
         assert_eq!(Reference::parse(&format!("sha256:{hex}")), Err(ParseError::ImageId));
         // The same string is a valid Docker Hub reference to Go, which is exactly the danger.
         assert!(Reference::parse_docker_ref(&format!("sha256:{hex}"), DigestAlgorithms::ALL).is_ok());
+    }
+
+    #[test]
+    fn image_id_prefixes_are_refused() {
+        // containerd resolves each of these against the IDs of cached images, by prefix.
+        let long = "0".repeat(128);
+        for image in [
+            "sha256:0123",
+            "sha256:a",
+            "sha384:0123abcdef",
+            "sha512:ff",
+            "sha256:ABC",
+            &format!("sha512:{long}"),
+        ] {
+            assert_eq!(Reference::parse(image), Err(ParseError::ImageId), "{image}");
+            assert!(Reference::parse_exactly(image).is_err(), "{image}");
+        }
+        // Names that only look alike are still images from Docker Hub.
+        for image in [
+            "sha256",
+            "sha256:latest",
+            "sha256:0123-x",
+            "library/sha256:0123",
+            "docker.io/library/sha256:0123",
+            "sha1:0123",
+        ] {
+            assert!(Reference::parse(image).is_ok(), "{image}");
+        }
+    }
+
+    #[test]
+    fn an_empty_tag_is_refused_before_a_digest() {
+        let digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        for image in [format!("nginx:@{digest}"), "nginx:".to_owned(), format!("ghcr.io/acme/api:@{digest}")]
+        {
+            assert_eq!(common::parse(&image), None, "{image}: the fast path must decline");
+            assert_eq!(Reference::parse(&image), Err(ParseError::InvalidFormat), "{image}");
+        }
     }
 
     #[test]

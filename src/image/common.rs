@@ -73,7 +73,9 @@ pub(super) fn parse(image: &str) -> Option<Reference<'_>> {
         while i < bytes.len() && is_lower_tag_byte(bytes[i]) {
             i += 1;
         }
-        let first_ok = bytes.get(start).is_some_and(|&b| b != b'.' && b != b'-');
+        // A tag is at least one byte and starts with a word character: `nginx:@sha256:...`
+        // has an empty tag, which Go refuses.
+        let first_ok = i > start && bytes[start] != b'.' && bytes[start] != b'-';
         if !first_ok || i - start > 128 {
             return None;
         }

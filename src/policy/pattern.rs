@@ -159,19 +159,25 @@ impl WildcardShape {
         if label_count(name) != self.labels {
             return None;
         }
+        // Image hosts are not length-checked before they get here (a policy host never exceeds
+        // the buffer, an image host may): every write is bounds-checked, and a host that does
+        // not fit is no policy's host.
         let mut len = 0;
+        let mut write = |text: &[u8]| {
+            let target = buf.get_mut(len..len + text.len())?;
+            target.copy_from_slice(text);
+            len += text.len();
+            Some(())
+        };
         for (from_left, label) in name.as_bytes().split(|&b| b == b'.').enumerate() {
             if from_left > 0 {
-                buf[len] = b'.';
-                len += 1;
+                write(b".")?;
             }
             let from_right = self.labels - 1 - from_left;
-            let text = if self.wildcards & (1 << from_right) != 0 { b"*" } else { label };
-            buf[len..len + text.len()].copy_from_slice(text);
-            len += text.len();
+            let wildcard = from_right < 64 && self.wildcards & (1 << from_right) != 0;
+            write(if wildcard { b"*" } else { label })?;
         }
-        buf[len..len + port.len()].copy_from_slice(port.as_bytes());
-        len += port.len();
+        write(port.as_bytes())?;
         std::str::from_utf8(&buf[..len]).ok()
     }
 
@@ -330,5 +336,27 @@ mod tests {
         assert_eq!(shape.mask("a.b.azurecr.io", &mut buf), None);
         let ported = RegistryPattern::parse("*.corp.example:5000").expect("valid").host.shape();
         assert_eq!(ported.mask("reg.corp.example:5000", &mut buf), Some("*.corp.example:5000"));
+    }
+
+    #[test]
+    fn masks_refuse_hosts_longer_than_the_buffer() {
+        // The ECR shape, whose wildcard is not the first label, masks by rewriting the host.
+        let shape =
+            RegistryPattern::parse("123456789012.dkr.ecr.*.amazonaws.com").expect("valid").host.shape();
+        let mut buf = [0; HOST_BUF_LEN];
+        let long_label = "a".repeat(HOST_BUF_LEN);
+        for host in [
+            format!("{long_label}.dkr.ecr.us-east-1.amazonaws.com"),
+            format!("123456789012.dkr.ecr.x.amazonaws.com:{}", "5".repeat(HOST_BUF_LEN)),
+        ] {
+            assert_eq!(shape.mask(&host, &mut buf), None, "{} bytes", host.len());
+        }
+        // A long label where the wildcard is still masks to a short key: `*` is any one label.
+        let long_wildcard_label = format!("123456789012.dkr.ecr.{long_label}.amazonaws.com");
+        assert_eq!(shape.mask(&long_wildcard_label, &mut buf), Some("123456789012.dkr.ecr.*.amazonaws.com"));
+        assert_eq!(
+            shape.mask("123456789012.dkr.ecr.us-east-1.amazonaws.com", &mut buf),
+            Some("123456789012.dkr.ecr.*.amazonaws.com")
+        );
     }
 }

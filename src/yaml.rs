@@ -36,15 +36,39 @@ pub struct SyntaxError {
     pub message: String,
 }
 
+/// The deepest nesting a document may have. Policies nest four deep and Kubernetes manifests a
+/// few dozen; the trees are walked and dropped recursively, so depth must be bounded.
+pub const MAX_DEPTH: usize = 128;
+/// How many nodes aliases may add beyond what the text spells out. Without a budget, a few
+/// hundred bytes of nested anchors and aliases (`a: &a [*b, *b, ...]`) expand to millions of
+/// nodes; no honest document needs aliases to multiply its size.
+pub const ALIAS_NODE_ALLOWANCE: usize = 10_000;
+
 /// Parses every document of a (possibly multi-document) YAML or JSON text.
+///
+/// Bounded: at most [`MAX_DEPTH`] levels, and at most one node per byte of text plus
+/// [`ALIAS_NODE_ALLOWANCE`], however the text uses aliases.
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
-    let mut builder = TreeBuilder::default();
-    Parser::new_from_str(text).load(&mut builder, true).map_err(|e| SyntaxError {
-        line: e.marker().line(),
-        column: e.marker().col() + 1,
-        message: e.info().to_owned(),
-    })?;
-    Ok(builder.documents)
+    let mut builder =
+        TreeBuilder { node_budget: text.len() + ALIAS_NODE_ALLOWANCE, ..TreeBuilder::default() };
+    // The parser's own `load` walks nested collections recursively (100,000 `[` overflow the
+    // stack before any limit here could act); pulling events one at a time keeps the walk flat.
+    let mut parser = Parser::new_from_str(text);
+    loop {
+        let (event, mark) = parser.next_token().map_err(|e| SyntaxError {
+            line: e.marker().line(),
+            column: e.marker().col() + 1,
+            message: e.info().to_owned(),
+        })?;
+        let end = event == Event::StreamEnd;
+        builder.on_event(event, mark);
+        if let Some(error) = builder.refused {
+            return Err(error);
+        }
+        if end {
+            return Ok(builder.documents);
+        }
+    }
 }
 
 impl Node {
@@ -108,16 +132,43 @@ struct TreeBuilder {
     documents: Vec<Node>,
     /// Open collections, each with the key it waits to pair when it is a mapping.
     stack: Vec<(Node, Option<Node>)>,
-    /// Anchored nodes, by anchor id, for aliases (`*name`) to copy.
-    anchors: Vec<(usize, Node)>,
-    /// Anchor ids of the open collections, parallel to `stack`.
-    open_anchors: Vec<usize>,
+    /// Anchored nodes, by anchor id, with their size in nodes, for aliases (`*name`) to copy.
+    anchors: Vec<(usize, Node, usize)>,
+    /// For each open collection (parallel to `stack`): its anchor id, and the node count when it
+    /// opened, from which its size follows when it closes.
+    open: Vec<(usize, usize)>,
+    /// Nodes built so far, alias copies included.
+    nodes: usize,
+    /// How many nodes the document may build.
+    node_budget: usize,
+    /// Set when the document broke a limit; the builder then ignores the rest of the stream.
+    refused: Option<SyntaxError>,
 }
 
 impl TreeBuilder {
-    fn push_value(&mut self, node: Node, anchor: usize) {
+    fn refuse(&mut self, mark: Marker, message: String) {
+        self.refused = Some(SyntaxError { line: mark.line(), column: mark.col() + 1, message });
+        self.stack.clear();
+        self.anchors.clear();
+    }
+
+    /// Counts `size` more nodes, or refuses the document when that breaks the budget.
+    fn count(&mut self, size: usize, mark: Marker) -> bool {
+        self.nodes = self.nodes.saturating_add(size);
+        if self.nodes > self.node_budget {
+            let message = format!(
+                "expands to more than {} nodes (aliases may add at most {ALIAS_NODE_ALLOWANCE} nodes to what the text spells out)",
+                self.node_budget
+            );
+            self.refuse(mark, message);
+            return false;
+        }
+        true
+    }
+
+    fn push_value(&mut self, node: Node, anchor: usize, size: usize) {
         if anchor > 0 {
-            self.anchors.push((anchor, node.clone()));
+            self.anchors.push((anchor, node.clone(), size));
         }
         let Some((parent, pending_key)) = self.stack.last_mut() else {
             self.documents.push(node);
@@ -136,38 +187,53 @@ impl TreeBuilder {
 
 impl MarkedEventReceiver for TreeBuilder {
     fn on_event(&mut self, event: Event, mark: Marker) {
+        if self.refused.is_some() {
+            return;
+        }
         let line = mark.line();
+        let open = |builder: &mut Self, value: Value, anchor: usize| {
+            if builder.stack.len() >= MAX_DEPTH {
+                builder.refuse(mark, format!("nests deeper than {MAX_DEPTH} levels"));
+                return;
+            }
+            if builder.count(1, mark) {
+                builder.stack.push((Node { value, line }, None));
+                builder.open.push((anchor, builder.nodes - 1));
+            }
+        };
         match event {
             Event::Scalar(text, style, anchor, _) => {
-                let quoted = !matches!(style, TScalarStyle::Plain);
-                self.push_value(Node { value: Value::Scalar { text, quoted }, line }, anchor);
+                if self.count(1, mark) {
+                    let quoted = !matches!(style, TScalarStyle::Plain);
+                    self.push_value(Node { value: Value::Scalar { text, quoted }, line }, anchor, 1);
+                }
             }
-            Event::SequenceStart(anchor, _) => {
-                self.stack.push((Node { value: Value::Sequence(Vec::new()), line }, None));
-                self.open_anchors.push(anchor);
-            }
-            Event::MappingStart(anchor, _) => {
-                self.stack.push((Node { value: Value::Mapping(Vec::new()), line }, None));
-                self.open_anchors.push(anchor);
-            }
+            Event::SequenceStart(anchor, _) => open(self, Value::Sequence(Vec::new()), anchor),
+            Event::MappingStart(anchor, _) => open(self, Value::Mapping(Vec::new()), anchor),
             Event::SequenceEnd | Event::MappingEnd => {
-                if let (Some((node, _)), Some(anchor)) = (self.stack.pop(), self.open_anchors.pop()) {
-                    self.push_value(node, anchor);
+                if let (Some((node, _)), Some((anchor, opened_at))) = (self.stack.pop(), self.open.pop()) {
+                    let size = self.nodes - opened_at;
+                    self.push_value(node, anchor, size);
                 }
             }
             Event::Alias(anchor) => {
-                let target =
-                    self.anchors.iter().rev().find(|(id, _)| *id == anchor).map(|(_, node)| node.clone());
-                if let Some(mut node) = target {
+                let Some(&(_, _, size)) = self.anchors.iter().rev().find(|(id, _, _)| *id == anchor) else {
+                    self.refuse(mark, "has an alias to an anchor this document does not define".into());
+                    return;
+                };
+                // Count before copying: the copy is what the budget exists to prevent.
+                if !self.count(size, mark) {
+                    return;
+                }
+                let target = self.anchors.iter().rev().find(|(id, _, _)| *id == anchor);
+                if let Some(mut node) = target.map(|(_, node, _)| node.clone()) {
                     node.line = line;
-                    self.push_value(node, 0);
+                    self.push_value(node, 0, size);
                 }
             }
-            Event::Nothing
-            | Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentStart
-            | Event::DocumentEnd => {}
+            // Anchors belong to their document.
+            Event::DocumentStart => self.anchors.clear(),
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
         }
     }
 }
@@ -191,6 +257,35 @@ mod tests {
     fn aliases_copy_their_anchor() {
         let documents = parse_documents("base: &b [x]\ncopy: *b\n").expect("valid YAML");
         assert_eq!(documents[0].to_json(), serde_json::json!({"base": ["x"], "copy": ["x"]}));
+    }
+
+    #[test]
+    fn alias_bombs_are_refused_before_they_expand() {
+        // Nine levels of ten aliases each: 10^9 nodes from under 1 KB of text.
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 1..10 {
+            let previous = format!("*a{}", level - 1);
+            let list = [previous.as_str(); 10].join(", ");
+            text += &format!("a{level}: &a{level} [{list}]\n");
+        }
+        assert!(text.len() < 1024);
+        let error = parse_documents(&text).expect_err("refused");
+        assert!(error.message.contains("expands to more than"), "{error}");
+        // A few honest aliases are fine.
+        let documents = parse_documents("base: &b {x: 1}\none: *b\ntwo: *b\n").expect("valid YAML");
+        assert_eq!(documents[0].to_json()["two"], serde_json::json!({"x": 1}));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_exhausting_the_stack() {
+        for text in ["[".repeat(100_000), "- ".repeat(10_000) + "x", "{a: ".repeat(50_000)] {
+            let error = parse_documents(&text).expect_err("refused");
+            assert!(error.message.contains("nests deeper") || error.line >= 1, "{error}");
+        }
+        let ok = format!("{}x{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(parse_documents(&ok).is_ok());
+        let too_deep = format!("{}x{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        assert!(parse_documents(&too_deep).expect_err("refused").message.contains("nests deeper than 128"));
     }
 
     #[test]

@@ -521,6 +521,75 @@ async fn malformed_input_gets_a_precise_answer() {
 }
 
 #[tokio::test]
+async fn structurally_malformed_requests_fail_closed() {
+    let server = TestServer::start(POLICY).await;
+    let evil = |mut object: Value| {
+        object["spec"]["containers"][0]["image"] = json!("evil.example.com/miner");
+        object
+    };
+    // Each of these was admitted: the object read as an empty Pod, or the request was waved
+    // through for want of a kind or a known operation.
+    let mut cases = Vec::new();
+    let mut as_array = review("Pod", "CREATE", &Value::Null, None);
+    as_array["request"]["object"] = json!([evil(object("pod"))]);
+    cases.push(("object is an array", as_array));
+    let mut containers_as_arrays = review("Pod", "CREATE", &object("pod"), None);
+    containers_as_arrays["request"]["object"]["spec"]["containers"] = json!([["evil.example.com/miner"]]);
+    cases.push(("a container is an array", containers_as_arrays));
+    for kind in [Value::Null, json!({}), json!({"kind": null}), json!({"kind": ""}), json!(["Pod"])] {
+        let mut no_kind = review("Pod", "CREATE", &evil(object("pod")), None);
+        no_kind["request"]["kind"] = kind;
+        cases.push(("kind missing or malformed", no_kind));
+    }
+    for operation in [Value::Null, json!("create"), json!("PATCH"), json!("")] {
+        let mut odd = review("Pod", "CREATE", &evil(object("pod")), None);
+        odd["request"]["operation"] = operation;
+        cases.push(("operation missing or unknown", odd));
+    }
+    let mut no_operation = review("Pod", "CREATE", &evil(object("pod")), None);
+    no_operation["request"].as_object_mut().expect("request").remove("operation");
+    cases.push(("operation absent", no_operation));
+    for (what, body) in cases {
+        for path in ["/validate", "/mutate", "/validate-policy"] {
+            let (status, text) =
+                server.client().await.post(path, serde_json::to_vec(&body).expect("JSON")).await;
+            let text = String::from_utf8_lossy(&text);
+            // Either a 400 (the API server then fails closed) or a denial, never an admission.
+            let denied = status == 200
+                && serde_json::from_str::<Value>(&text)
+                    .is_ok_and(|answer| answer["response"]["allowed"] == false);
+            assert!(status == 400 || denied, "{what} at {path}: {status} {text}");
+        }
+    }
+    // A top-level array is no AdmissionReview either.
+    let array = json!(["admission.k8s.io/v1", "AdmissionReview", {"uid": "1"}]);
+    let (status, _) =
+        server.client().await.post("/validate", serde_json::to_vec(&array).expect("JSON")).await;
+    assert_eq!(status, 400);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn deeply_nested_json_is_refused_and_the_server_keeps_serving() {
+    let server = TestServer::start(POLICY).await;
+    // About 18 KB of nested arrays overflowed the reader's stack and aborted the process.
+    for path in ["/validate", "/mutate", "/validate-policy"] {
+        for depth in [100, 18_000, 1_000_000] {
+            let body = format!(
+                r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"1","object":{}"#,
+                "[".repeat(depth)
+            );
+            let (status, text) = server.client().await.post(path, body.into_bytes()).await;
+            assert_eq!(status, 400, "{path} {depth}: {}", String::from_utf8_lossy(&text));
+            assert!(String::from_utf8_lossy(&text).contains("deeper than 64"));
+        }
+    }
+    let answer = server.review("/validate", &review("Pod", "CREATE", &object("pod"), None)).await;
+    assert_eq!(response(&answer)["allowed"], true, "still serving");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn health_readiness_and_metrics() {
     let server = TestServer::start(POLICY).await;
     assert_eq!(server.operations("/healthz").await.0, 200);

@@ -13,6 +13,9 @@
 //! - A kind registry-gate does not know is **allowed** with a warning: it carries no Pod spec,
 //!   so there is nothing to check, and denying it would break resources a misconfigured webhook
 //!   rule happened to send.
+//! - A request without a kind, or with an operation the API server never sends (anything but
+//!   CREATE, UPDATE, DELETE and CONNECT, spelled so), is **denied**: it is malformed, and what
+//!   it would do cannot be known.
 //! - DELETE and CONNECT are allowed: they start no image.
 //! - An UPDATE checks only images that are not already in the old object, so scaling, labelling
 //!   or deleting (finalizer removal is an UPDATE) an object admitted under an older policy is
@@ -67,9 +70,30 @@ pub struct Answer {
     pub outcome: Outcome,
 }
 
+/// The operations of `admission.k8s.io/v1`, as the API server spells them.
+const OPERATIONS: [&str; 4] = ["CREATE", "UPDATE", "DELETE", "CONNECT"];
+
+/// Why a request is malformed in a way no decision can be made on, if it is.
+fn malformed(request: &Request<'_>) -> Option<String> {
+    if request.kind().is_empty() {
+        return Some("the request names no kind (request.kind.kind)".to_owned());
+    }
+    let operation = request.operation();
+    if !OPERATIONS.contains(&operation) {
+        return Some(format!(
+            "the request's operation {operation:?} is not one of {}",
+            OPERATIONS.join(", ")
+        ));
+    }
+    None
+}
+
 /// Answers one AdmissionRequest against one policy snapshot.
 pub fn answer(webhook: Webhook, mut request: Request<'_>, snapshot: &PolicySnapshot) -> Answer {
     let uid = request.uid();
+    if let Some(why) = malformed(&request) {
+        return unreadable(uid, request.kind(), request.name(), &why);
+    }
     let allow = |outcome| Answer { response: Response::allow(uid), outcome };
     if !matches!(request.operation(), "CREATE" | "UPDATE") {
         return allow(Outcome::Allowed);
@@ -245,6 +269,9 @@ pub fn answer_policy_review(request: &Request<'_>) -> Answer {
     use crate::policy::source::CONFIGMAP_KEY;
 
     let uid = request.uid();
+    if let Some(why) = malformed(request) {
+        return unreadable(uid, request.kind(), request.name(), &why);
+    }
     if !matches!(request.operation(), "CREATE" | "UPDATE") || request.kind() != "ConfigMap" {
         return Answer { response: Response::allow(uid), outcome: Outcome::Allowed };
     }

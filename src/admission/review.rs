@@ -5,10 +5,15 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::workload::{ObjectView, Text};
+use super::workload::{ObjectOnly, ObjectView, Text, optional_object};
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
+/// The deepest JSON nesting a review may have. A CronJob review nests about 15 levels and its
+/// `managedFields` about 30; nothing the API server sends for the kinds reviewed here comes
+/// near this. sonic-rs skips unknown fields recursively without a limit of its own, so an 18 KB
+/// body of nested arrays would otherwise overflow the stack and abort the process.
+pub const MAX_JSON_DEPTH: usize = 64;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -17,7 +22,7 @@ struct Envelope<'a> {
     api_version: Option<Text<'a>>,
     #[serde(borrow)]
     kind: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "optional_object")]
     request: Option<Request<'a>>,
 }
 
@@ -27,7 +32,7 @@ struct Envelope<'a> {
 pub struct Request<'a> {
     #[serde(borrow, default)]
     pub uid: Option<Text<'a>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "optional_object")]
     pub kind: Option<GroupVersionKind<'a>>,
     #[serde(borrow, default)]
     pub sub_resource: Option<Text<'a>>,
@@ -37,11 +42,11 @@ pub struct Request<'a> {
     pub namespace: Option<Text<'a>>,
     #[serde(borrow, default)]
     pub operation: Option<Text<'a>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "optional_object")]
     pub user_info: Option<UserInfo<'a>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "optional_object")]
     pub object: Option<ObjectView<'a>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "optional_object")]
     pub old_object: Option<ObjectView<'a>>,
 }
 
@@ -50,7 +55,7 @@ pub struct Request<'a> {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawEnvelope<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "optional_object")]
     request: Option<RawRequest<'a>>,
 }
 
@@ -59,7 +64,7 @@ struct RawEnvelope<'a> {
 struct RawRequest<'a> {
     #[serde(borrow, default)]
     uid: Option<Text<'a>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "optional_object")]
     kind: Option<GroupVersionKind<'a>>,
     #[serde(borrow, default)]
     name: Option<Text<'a>>,
@@ -89,6 +94,9 @@ pub enum ReviewError {
     /// The body is not JSON of the AdmissionReview shape.
     #[error("the body is not an AdmissionReview: {0}")]
     Malformed(#[from] serde_json::Error),
+    /// The body nests deeper than any object the API server sends.
+    #[error("the body nests JSON deeper than {MAX_JSON_DEPTH} levels; no AdmissionReview does")]
+    TooDeep,
     /// The envelope names another API version or kind.
     #[error("the body is {found}; registry-gate answers {API_VERSION} {KIND}")]
     WrongType { found: String },
@@ -115,12 +123,15 @@ impl<'a> Request<'a> {
     /// (`cargo bench --bench review`, benches/RESULTS.md). serde_json still reads the error path,
     /// for its messages.
     pub fn parse(body: &'a [u8]) -> Result<Self, ReviewError> {
-        let envelope: Envelope<'a> = match sonic_rs::from_slice(body) {
-            Ok(envelope) => envelope,
+        if !nests_at_most(body, MAX_JSON_DEPTH) {
+            return Err(ReviewError::TooDeep);
+        }
+        let envelope: Envelope<'a> = match sonic_rs::from_slice::<ObjectOnly<Envelope<'a>>>(body) {
+            Ok(envelope) => envelope.0,
             Err(fast_error) => {
                 // serde_json explains the failure; should it accept what sonic-rs refused, the
                 // body is still refused, with sonic-rs's words.
-                return Err(match serde_json::from_slice::<Envelope<'_>>(body) {
+                return Err(match serde_json::from_slice::<ObjectOnly<Envelope<'_>>>(body) {
                     Err(error) => Self::classify(body, error),
                     Ok(_) => ReviewError::Unreadable(fast_error.to_string()),
                 });
@@ -141,7 +152,7 @@ impl<'a> Request<'a> {
     /// Why a body failed the one-pass read: a broken envelope, or a readable review with an
     /// unreadable object. Only the error path pays for this second read.
     fn classify(body: &[u8], error: serde_json::Error) -> ReviewError {
-        let Ok(RawEnvelope { request: Some(raw) }) = serde_json::from_slice::<RawEnvelope<'_>>(body) else {
+        let Ok(ObjectOnly(RawEnvelope { request: Some(raw) })) = serde_json::from_slice(body) else {
             return ReviewError::Malformed(error);
         };
         let text = |t: Option<Text<'_>>| t.map(|t| t.0.into_owned()).unwrap_or_default();
@@ -184,6 +195,46 @@ impl<'a> Request<'a> {
     pub fn username(&self) -> &str {
         self.user_info.as_ref().and_then(|u| u.username.as_deref()).unwrap_or_default()
     }
+}
+
+/// Whether the JSON text nests no deeper than `limit` arrays and objects.
+///
+/// Brackets inside strings do not count. For text that is not valid JSON the answer covers the
+/// valid prefix that any JSON reader would get through before failing, which is all that
+/// matters for the reader's stack.
+fn nests_at_most(body: &[u8], limit: usize) -> bool {
+    // A body with no more opening brackets than the limit cannot nest deeper, and counting
+    // bytes vectorizes: the exact scan below is only for the rare large body.
+    let openers = body.iter().filter(|&&b| b == b'{' || b == b'[').count();
+    if openers <= limit {
+        return true;
+    }
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in body {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return false;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
 }
 
 /// An AdmissionResponse, written back inside an AdmissionReview.
@@ -279,6 +330,53 @@ mod tests {
         };
         assert_eq!(images(fast), ["ghcr.io/acme/x:1", "ñ"]);
         assert_eq!(images(slow), ["ghcr.io/acme/x:1", "ñ"]);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_any_reader_recurses() {
+        let envelope = |object: &str| {
+            format!(
+                r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"1","kind":{{"kind":"Pod"}},"operation":"CREATE","object":{object}}}}}"#
+            )
+        };
+        // 18,000 nested arrays aborted the process through a stack overflow.
+        for depth in [MAX_JSON_DEPTH, 18_000, 1_000_000] {
+            let object = format!(r#"{{"spec":{{"x":{}{}}}}}"#, "[".repeat(depth), "]".repeat(depth));
+            assert!(
+                matches!(Request::parse(envelope(&object).as_bytes()), Err(ReviewError::TooDeep)),
+                "{depth}"
+            );
+            // Unclosed nesting is refused the same way.
+            let unclosed = envelope(&"[".repeat(depth));
+            assert!(matches!(Request::parse(unclosed.as_bytes()), Err(ReviewError::TooDeep)), "{depth}");
+        }
+        // Brackets inside strings are text, however many there are.
+        let quoted = format!(
+            r#"{{"metadata":{{"annotations":{{"a":"{}\"{}"}}}},"spec":{{}}}}"#,
+            "[".repeat(5000),
+            "{".repeat(5000)
+        );
+        assert!(Request::parse(envelope(&quoted).as_bytes()).is_ok());
+        // The deepest nesting allowed still reads (the envelope takes 3 levels, the object's
+        // spec and x one each), on a thread with the 2 MiB stack of a tokio worker. Unoptimized
+        // builds use about 30 times more stack per level, so tests built that way get more.
+        let depth = MAX_JSON_DEPTH - 5;
+        let object = format!(r#"{{"spec":{{"x":{}{}}}}}"#, "[".repeat(depth), "]".repeat(depth));
+        let body = envelope(&object);
+        let stack = if cfg!(debug_assertions) { 32 } else { 2 } * 1024 * 1024;
+        let reader = std::thread::Builder::new()
+            .stack_size(stack)
+            .spawn(move || Request::parse(body.as_bytes()).is_ok())
+            .expect("thread");
+        assert!(reader.join().expect("no stack overflow"));
+    }
+
+    #[test]
+    fn the_nesting_scan_ignores_brackets_in_strings() {
+        assert!(nests_at_most(br#"[[["]]]]]]]]"]]]"#, 3));
+        assert!(!nests_at_most(br#"[[["\"[[["[]]]]"#, 3));
+        assert!(nests_at_most(br#"["\\", [[]]]"#, 3));
+        assert!(!nests_at_most(br#"["\\", [[[]]]]"#, 3));
     }
 
     #[test]

@@ -88,10 +88,10 @@ pub struct SpecView<'a> {
     #[serde(default, borrow, deserialize_with = "null_as_empty")]
     image_pull_secrets: Vec<LocalObjectReference<'a>>,
     /// Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, ReplicationController.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "optional_object")]
     template: Option<PodTemplate<'a>>,
     /// CronJob.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "optional_object")]
     job_template: Option<JobTemplate<'a>>,
 }
 
@@ -109,7 +109,7 @@ struct JobTemplate<'a> {
 
 #[derive(Debug, Default, Deserialize)]
 struct JobSpec<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "optional_object")]
     template: Option<PodTemplate<'a>>,
 }
 
@@ -137,7 +137,7 @@ pub struct Container<'a> {
 
 #[derive(Debug, Deserialize)]
 pub struct Volume<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "optional_object")]
     pub image: Option<ImageVolumeSource<'a>>,
 }
 
@@ -188,22 +188,57 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     }
 }
 
+/// A struct read from a JSON object only.
+///
+/// serde's derived structs also accept an array of their fields in order, so `"object": []`
+/// would read as an object with no images, and `"containers": [["evil.example/x"]]` as a
+/// container whose image is the first element. The API server never sends either; a body that
+/// does is malformed, and must fail closed rather than be read generously.
+pub struct ObjectOnly<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<T> {
+            type Value = ObjectOnly<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ObjectOnly)
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor(std::marker::PhantomData))
+    }
+}
+
+/// An optional object: `null` or absent is `None`, anything but an object is an error.
+pub(super) fn optional_object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<ObjectOnly<T>>::deserialize(deserializer)?.map(|object| object.0))
+}
+
 /// Kubernetes clients may send `null` for an absent object.
 fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de> + Default,
 {
-    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+    Ok(optional_object(deserializer)?.unwrap_or_default())
 }
 
-/// Kubernetes clients may send `null` for an empty list.
+/// Kubernetes clients may send `null` for an empty list. Each item must be an object.
 fn null_as_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
+    let items = Option::<Vec<ObjectOnly<T>>>::deserialize(deserializer)?.unwrap_or_default();
+    // `ObjectOnly` is a newtype, so this collects in place, without a second allocation.
+    Ok(items.into_iter().map(|item| item.0).collect())
 }
 
 /// Which list of a Pod spec an image sits in.
@@ -286,6 +321,27 @@ mod tests {
                 "spec.jobTemplate.spec.template.spec.volumes[1].image.reference=quay.io/x/y",
             ]
         );
+    }
+
+    #[test]
+    fn arrays_where_objects_belong_are_refused() {
+        for json in [
+            r#"[]"#,
+            r#"{"spec":[]}"#,
+            r#"{"spec":{"containers":[["evil.example.com/x"]]}}"#,
+            r#"{"spec":{"template":["x"]}}"#,
+            r#"{"spec":{"template":{"spec":[[{"image":"evil.example.com/x"}]]}}}"#,
+            r#"{"spec":{"jobTemplate":{"spec":[{"template":{}}]}}}"#,
+            r#"{"spec":{"volumes":[{"image":["evil.example.com/x"]}]}}"#,
+            r#"{"spec":{"imagePullSecrets":[["s"]]}}"#,
+        ] {
+            let read = serde_json::from_str::<ObjectOnly<ObjectView>>(json);
+            assert!(read.is_err(), "{json} must be refused");
+            assert!(sonic_rs::from_str::<ObjectOnly<ObjectView>>(json).is_err(), "{json} must be refused");
+        }
+        let object =
+            serde_json::from_str::<ObjectOnly<ObjectView>>(r#"{"spec":{"containers":null,"template":null}}"#);
+        assert!(object.is_ok(), "null is an absent object or list");
     }
 
     #[test]

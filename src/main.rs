@@ -61,6 +61,8 @@ enum Command {
         /// Log format.
         #[arg(long, value_enum, default_value_t = LogFormat::Json)]
         log_format: LogFormat,
+        #[command(flatten)]
+        limits: ServeLimits,
     },
     /// Write a development CA and a serving certificate (ECDSA P-256): ca.crt, tls.crt, tls.key.
     Certs {
@@ -99,6 +101,28 @@ enum Command {
 enum PolicyCommand {
     /// Print every problem of a policy file (exit 1 if any), or a summary of what it registers.
     Validate { file: PathBuf },
+}
+
+/// What bounds the webhook port (see the server's `limits` module for the arithmetic).
+#[derive(clap::Args)]
+struct ServeLimits {
+    /// Webhook connections open at once; one more is closed at once.
+    #[arg(long, default_value_t = 512, env = "REGISTRY_GATE_MAX_CONNECTIONS")]
+    max_connections: usize,
+    /// Seconds a connection may go without a request before it is closed.
+    #[arg(long, default_value_t = 120, env = "REGISTRY_GATE_IDLE_TIMEOUT_SECONDS")]
+    idle_timeout_seconds: u64,
+    /// MiB of request bodies held in memory at once; a request that does not fit gets 503.
+    #[arg(long, default_value_t = 32, env = "REGISTRY_GATE_BODY_MEMORY_MIB")]
+    body_memory_mib: usize,
+}
+
+impl ServeLimits {
+    fn apply(&self, options: &mut ServeOptions) {
+        options.max_connections = self.max_connections;
+        options.idle_timeout = std::time::Duration::from_secs(self.idle_timeout_seconds);
+        options.body_budget_bytes = self.body_memory_mib.saturating_mul(1024 * 1024);
+    }
 }
 
 /// Where `serve` reads its policy.
@@ -141,6 +165,7 @@ fn main() -> ExitCode {
             policy_configmap,
             kubeconfig,
             log_format,
+            limits,
         } => {
             init_logging(log_format);
             let source = match (policy, policy_configmap) {
@@ -148,7 +173,7 @@ fn main() -> ExitCode {
                 (None, Some(configmap)) => PolicySource::ConfigMap { configmap, kubeconfig },
                 (None, None) => PolicySource::BuiltIn,
             };
-            serve(listen, metrics_listen, tls_cert.zip(tls_key), &certs_dir, source)
+            serve(listen, metrics_listen, tls_cert.zip(tls_key), &certs_dir, source, &limits)
         }
         Command::Certs { out, names } => write_certs(&out, names),
         Command::Check { policy, namespace, output, manifests, images } => {
@@ -258,6 +283,7 @@ fn serve(
     tls: Option<(PathBuf, PathBuf)>,
     certs_dir: &Path,
     policy_source: PolicySource,
+    limits: &ServeLimits,
 ) -> anyhow::Result<ExitCode> {
     let tls = match tls {
         Some((cert, key)) => CertificateFiles { cert, key },
@@ -281,7 +307,9 @@ fn serve(
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let server = Server::bind(ServeOptions::new(listen, metrics_listen, tls), store.clone()).await?;
+        let mut options = ServeOptions::new(listen, metrics_listen, tls);
+        limits.apply(&mut options);
+        let server = Server::bind(options, store.clone()).await?;
         let watcher = match policy_source {
             PolicySource::File(path) => {
                 Some(tokio::spawn(source::watch_file(path, loaded_text, store, POLICY_FILE_POLL)))

@@ -44,6 +44,17 @@ pub struct Metrics {
     pub policy_registries: IntGauge,
     pub policy_last_reload: Gauge,
     pub policy_reload_failures: IntCounter,
+    /// `registry_gate_connections_open`: webhook connections past their TLS handshake.
+    pub connections_open: IntGauge,
+    /// `registry_gate_connections_closed_total{reason}`: connections the server closed itself:
+    /// `limit` (refused at the connection limit), `idle` (no request for the idle timeout),
+    /// `no-request` (no request within the header timeout of the handshake).
+    pub connections_closed: IntCounterVec,
+    /// `registry_gate_requests_shed_total`: requests answered 503 because the memory set aside
+    /// for request bodies was in use.
+    pub requests_shed: IntCounter,
+    /// `registry_gate_audit_lines_suppressed_total`: audit log lines dropped by the rate limit.
+    pub audit_lines_suppressed: IntCounter,
 }
 
 /// Counters of one policy's registries, each resolved on first use and then only added to.
@@ -148,6 +159,29 @@ impl Metrics {
             "Policy loads refused; the previous policy stayed in force",
         )
         .expect("static");
+        let connections_open = IntGauge::new(
+            "registry_gate_connections_open",
+            "Webhook connections open (past the TLS handshake)",
+        )
+        .expect("static");
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "registry_gate_connections_closed_total",
+                "Webhook connections closed by the server: at the limit, idle, or without a request",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
+        let requests_shed = IntCounter::new(
+            "registry_gate_requests_shed_total",
+            "Requests answered 503 because the memory for request bodies was in use",
+        )
+        .expect("static");
+        let audit_lines_suppressed = IntCounter::new(
+            "registry_gate_audit_lines_suppressed_total",
+            "Audit log lines dropped by the audit log's rate limit",
+        )
+        .expect("static");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(image_decisions.clone()),
@@ -157,6 +191,10 @@ impl Metrics {
             Box::new(policy_registries.clone()),
             Box::new(policy_last_reload.clone()),
             Box::new(policy_reload_failures.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connections_closed.clone()),
+            Box::new(requests_shed.clone()),
+            Box::new(audit_lines_suppressed.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
@@ -170,6 +208,10 @@ impl Metrics {
             policy_registries,
             policy_last_reload,
             policy_reload_failures,
+            connections_open,
+            connections_closed,
+            requests_shed,
+            audit_lines_suppressed,
         }
     }
 

@@ -48,6 +48,10 @@ struct TestServer {
 
 impl TestServer {
     async fn start(policy: &str) -> Self {
+        Self::start_with(policy, |_| {}).await
+    }
+
+    async fn start_with(policy: &str, configure: impl FnOnce(&mut ServeOptions)) -> Self {
         let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("temp dir");
         let files = write_certificates(dir.path());
@@ -57,6 +61,7 @@ impl TestServer {
         let mut options = ServeOptions::new(loopback, loopback, files);
         options.certificate_poll = Duration::from_millis(50);
         options.header_timeout = Duration::from_millis(500);
+        configure(&mut options);
         let server = Server::bind(options, store).await.expect("server binds");
         let (webhook, operations) = (server.webhook_addr(), server.operations_addr());
         let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -619,6 +624,140 @@ async fn a_stalled_client_does_not_hold_up_others() {
     let _stalled = TcpStream::connect(server.webhook).await.expect("connect");
     let answer = server.review("/validate", &review("Pod", "CREATE", &object("pod"), None)).await;
     assert_eq!(response(&answer)["allowed"], true);
+    server.stop().await;
+}
+
+/// A TLS connection that has finished its handshake and says nothing more.
+async fn raw_tls(server: &TestServer, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(&server.ca()) {
+        roots.add(certificate.expect("PEM certificate")).expect("CA accepted");
+    }
+    let mut config = ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let stream = TcpStream::connect(server.webhook).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("valid name");
+    TlsConnector::from(Arc::new(config)).connect(name, stream).await.expect("TLS handshake")
+}
+
+/// Whether the server closes the connection within `within` (end of stream or reset).
+async fn closed_within(stream: &mut tokio_rustls::client::TlsStream<TcpStream>, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // HTTP/2 settings and the like: keep reading.
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_refused_not_queued() {
+    let server = TestServer::start_with(POLICY, |options| {
+        options.max_connections = 3;
+        options.header_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(server.client().await);
+    }
+    // The fourth is closed at once, before its handshake completes.
+    let refused = Client::connect(server.webhook, &server.ca(), false).await;
+    assert!(refused.is_err(), "a connection past the limit must be refused");
+    // The held ones still work, and a freed slot is taken again.
+    let body = serde_json::to_vec(&review("Pod", "CREATE", &object("pod"), None)).expect("JSON");
+    assert_eq!(held[0].post("/validate", body.clone()).await.0, 200);
+    drop(held.pop());
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(client) = Client::connect(server.webhook, &server.ca(), false).await {
+            again = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(again.expect("a slot frees when a connection closes").post("/validate", body).await.0, 200);
+    let (_, metrics) = server.operations("/metrics").await;
+    assert!(metrics.contains(r#"registry_gate_connections_closed_total{reason="limit"}"#), "{metrics}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn silent_and_idle_connections_are_closed() {
+    let server = TestServer::start_with(POLICY, |options| {
+        options.header_timeout = Duration::from_millis(300);
+        options.idle_timeout = Duration::from_millis(600);
+    })
+    .await;
+    // HTTP/2 has no header timeout of its own: a client that sends the preface and nothing
+    // else was held forever.
+    for (alpn, hello) in
+        [(&b"h2"[..], &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..]), (b"h2", b""), (b"http/1.1", b"")]
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut silent = raw_tls(&server, alpn).await;
+        silent.write_all(hello).await.expect("write");
+        assert!(closed_within(&mut silent, Duration::from_secs(5)).await, "{alpn:?} {hello:?}");
+    }
+    // An HTTP/2 connection that served a request is closed after the idle timeout.
+    let mut client = Client::connect(server.webhook, &server.ca(), true).await.expect("h2");
+    let body = serde_json::to_vec(&review("Pod", "CREATE", &object("pod"), None)).expect("JSON");
+    assert_eq!(client.post("/validate", body.clone()).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let request = hyper::Request::post("https://localhost/validate").body(Full::new(Bytes::from(body)));
+    let Sender::Http2(sender) = &mut client.sender else { unreachable!("an h2 client") };
+    assert!(sender.send_request(request.expect("request")).await.is_err(), "closed when idle");
+    let (_, metrics) = server.operations("/metrics").await;
+    for reason in ["idle", "no-request"] {
+        assert!(metrics.contains(&format!(r#"registry_gate_connections_closed_total{{reason="{reason}"}}"#)));
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn request_bodies_share_a_memory_budget() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start_with(POLICY, |options| {
+        options.body_budget_bytes = 4 * 1024 * 1024;
+        options.request_timeout = Duration::from_secs(30);
+    })
+    .await;
+    // A client declares a 3 MiB body and stalls after a few bytes, holding 3 MiB of budget.
+    let mut stalled = raw_tls(&server, b"http/1.1").await;
+    let head = format!(
+        "POST /validate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{{\"apiVersion\"",
+        3 * 1024 * 1024
+    );
+    stalled.write_all(head.as_bytes()).await.expect("write");
+    stalled.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A typical review still fits in what is left.
+    let body = serde_json::to_vec(&review("Pod", "CREATE", &object("pod"), None)).expect("JSON");
+    assert_eq!(server.client().await.post("/validate", body.clone()).await.0, 200);
+    // A 2 MiB one does not, and is answered at once, not queued.
+    let mut pod = object("pod");
+    pod["metadata"]["annotations"] = json!({"padding": "x".repeat(2 * 1024 * 1024)});
+    let large = serde_json::to_vec(&review("Pod", "CREATE", &pod, None)).expect("JSON");
+    let (status, text) = server.client().await.post("/validate", large.clone()).await;
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&text));
+    // Once the stalled client goes, its reservation returns.
+    drop(stalled);
+    let mut status = 0;
+    for _ in 0..50 {
+        status = server.client().await.post("/validate", large.clone()).await.0;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200);
+    let (_, metrics) = server.operations("/metrics").await;
+    assert!(metrics.contains("registry_gate_requests_shed_total 1"), "{metrics}");
     server.stop().await;
 }
 

@@ -7,8 +7,10 @@
 //!
 //! Each connection's TLS handshake runs in its own task under a timeout, never in the accept
 //! loop, so a stalled client holds up nobody. Slow request headers and slow requests time out.
-//! On shutdown the listeners close and in-flight requests finish.
+//! Connections, request bodies in memory and idle connections are bounded ([`limits`]). On
+//! shutdown the listeners close and in-flight requests finish.
 
+mod limits;
 pub mod tls;
 
 use std::future::Future;
@@ -23,10 +25,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tower_http::timeout::TimeoutLayer;
 
@@ -56,6 +59,13 @@ pub struct ServeOptions {
     pub certificate_poll: Duration,
     /// The longest in-flight requests may take to finish after a shutdown signal.
     pub drain_timeout: Duration,
+    /// Connections open at once; one more is closed at once.
+    pub max_connections: usize,
+    /// How long a connection may go without a request before it is closed. The API server's
+    /// own HTTP client drops idle connections after 90 s.
+    pub idle_timeout: Duration,
+    /// Bytes of request bodies in memory at once; a request that does not fit gets 503.
+    pub body_budget_bytes: usize,
 }
 
 impl ServeOptions {
@@ -69,6 +79,9 @@ impl ServeOptions {
             request_timeout: Duration::from_secs(10),
             certificate_poll: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(25),
+            max_connections: 512,
+            idle_timeout: Duration::from_secs(120),
+            body_budget_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -126,21 +139,49 @@ impl Server {
         });
         let watcher = tokio::spawn(self.certificate.clone().watch(self.options.certificate_poll));
         let operations = tokio::spawn(serve_operations(self.operations, self.store.clone(), stop_rx.clone()));
-        let webhook = webhook_router(self.store, self.options.request_timeout);
-        serve_webhook(self.webhook, self.acceptor, webhook, &self.options, stop_rx).await;
+        let metrics = self.store.metrics().clone();
+        let budget = limits::BodyBudget::new(self.options.body_budget_bytes, metrics.clone());
+        let webhook = webhook_router(self.store, budget, self.options.request_timeout);
+        serve_webhook(self.webhook, self.acceptor, webhook, &self.options, metrics, stop_rx).await;
         let _ = operations.await;
         watcher.abort();
     }
 }
 
-fn webhook_router(store: Arc<PolicyStore>, request_timeout: Duration) -> Router {
+fn webhook_router(store: Arc<PolicyStore>, budget: limits::BodyBudget, request_timeout: Duration) -> Router {
     Router::new()
         .route("/validate", post(validate))
         .route("/mutate", post(mutate))
         .route("/validate-policy", post(validate_policy))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(budget, limits::reserve_body))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
         .with_state(store)
+}
+
+/// HTTP/1.1 and HTTP/2 connection settings, each bounded; the protocol is chosen by ALPN.
+fn connection_builders(options: &ServeOptions) -> (Builder<TokioExecutor>, Builder<TokioExecutor>) {
+    let mut http1 = Builder::new(TokioExecutor::new()).http1_only();
+    http1
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_timeout)
+        .keep_alive(true)
+        // Request heads up to 64 KiB (the API server sends about 1 KiB); the default allows
+        // about 400 KiB per connection.
+        .max_buf_size(64 * 1024);
+    let mut http2 = Builder::new(TokioExecutor::new()).http2_only();
+    http2
+        .http2()
+        .timer(TokioTimer::new())
+        // Streams and flow-control windows bound what one connection can make the server hold
+        // before the body budget is consulted; resets of streams the client opened and then
+        // abandoned (rapid reset) are capped by h2's own defaults.
+        .max_concurrent_streams(32)
+        .initial_stream_window_size(256 * 1024)
+        .initial_connection_window_size(512 * 1024)
+        .max_header_list_size(64 * 1024);
+    (http1, http2)
 }
 
 async fn serve_webhook(
@@ -148,12 +189,12 @@ async fn serve_webhook(
     acceptor: TlsAcceptor,
     router: Router,
     options: &ServeOptions,
+    metrics: Metrics,
     mut stop: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(options.header_timeout).keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    let (http1, http2) = connection_builders(options);
+    let connection_slots = Arc::new(Semaphore::new(options.max_connections));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -167,17 +208,25 @@ async fn serve_webhook(
             },
             _ = stop.changed() => break,
         };
+        let Ok(slot) = connection_slots.clone().try_acquire_owned() else {
+            // Refused, not queued: dropping the stream closes it.
+            metrics.connections_closed.with_label_values(&["limit"]).inc();
+            continue;
+        };
         // Answers are small writes; without this, Nagle's algorithm can hold one back until the
         // client's delayed ACK, about 40 ms (seen on new connections under the load generator).
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(target: "registry_gate::server", %peer, error = %e, "cannot set TCP_NODELAY");
         }
         let acceptor = acceptor.clone();
-        let builder = builder.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let (http1, http2) = (http1.clone(), http2.clone());
+        let router = router.clone();
         let watcher = graceful.watcher();
-        let handshake_timeout = options.handshake_timeout;
+        let metrics = metrics.clone();
+        let (handshake_timeout, first_request_timeout, idle_timeout) =
+            (options.handshake_timeout, options.header_timeout, options.idle_timeout);
         tokio::spawn(async move {
+            let _slot = slot;
             let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
@@ -189,10 +238,27 @@ async fn serve_webhook(
                     return;
                 }
             };
-            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(target: "registry_gate::server", %peer, error = %e, "connection ended with an error");
+            let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") { http2 } else { http1 };
+            let activity = limits::Activity::new();
+            let service =
+                limits::Tracked { inner: TowerToHyperService::new(router), activity: activity.clone() };
+            let connection =
+                watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+            metrics.connections_open.inc();
+            tokio::select! {
+                ended = connection => {
+                    if let Err(e) = ended {
+                        tracing::debug!(target: "registry_gate::server", %peer, error = %e, "connection ended with an error");
+                    }
+                }
+                // Dropping the connection closes it; the watchdog only fires with no request in flight.
+                () = limits::idle(&activity, first_request_timeout, idle_timeout) => {
+                    let reason = if activity.has_served() { "idle" } else { "no-request" };
+                    metrics.connections_closed.with_label_values(&[reason]).inc();
+                    tracing::debug!(target: "registry_gate::server", %peer, reason, "closing connection");
+                }
             }
+            metrics.connections_open.dec();
         });
     }
     drop(listener);

@@ -594,6 +594,106 @@ async fn deeply_nested_json_is_refused_and_the_server_keeps_serving() {
     server.stop().await;
 }
 
+/// Log output captured in memory, for the tests that measure it.
+#[derive(Clone, Default)]
+struct CapturedLog(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLog {
+    fn audit_lines(&self) -> Vec<Value> {
+        let bytes = self.0.lock().expect("log buffer").clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|line| line["target"] == "registry_gate::audit")
+            .collect()
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().expect("log buffer").len()
+    }
+}
+
+// On one thread, so that the server's tasks log into this test's subscriber only.
+#[tokio::test(flavor = "current_thread")]
+async fn a_denial_flood_is_bounded_in_answer_size_and_log_volume() {
+    let log = CapturedLog::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_target(true)
+        .with_writer({
+            let log = log.clone();
+            move || log.clone()
+        })
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let server = TestServer::start(POLICY).await;
+
+    // One review of 20,000 denied images wrote 8.9 MB of log and answered megabytes.
+    let mut pod = object("pod");
+    let containers: Vec<Value> = (0..20_000)
+        .map(|i| json!({"name": format!("c{i}"), "image": format!("evil{i}.example.com/x")}))
+        .collect();
+    pod["spec"]["containers"] = json!(containers);
+    let body = serde_json::to_vec(&review("Pod", "CREATE", &pod, None)).expect("JSON");
+    let (status, answer) = server.client().await.post("/validate", body).await;
+    assert_eq!(status, 200);
+    assert!(answer.len() < 16 * 1024, "the answer is {} bytes", answer.len());
+    let answer: Value = serde_json::from_slice(&answer).expect("review");
+    let text = message(&answer);
+    assert!(
+        text.contains("uses 20000 images") && text.contains("and 19980 more images not allowed"),
+        "{text}"
+    );
+    assert!(text.contains("spec.containers[19].image") && !text.contains("spec.containers[20].image"));
+    let lines = log.audit_lines();
+    assert_eq!(lines.len(), 1, "one audit line per review");
+    assert_eq!(
+        (lines[0]["denied_images"].as_u64(), lines[0]["field"].as_str()),
+        (Some(20_000), Some("spec.containers[0].image"))
+    );
+    assert!(log.len() < 4096, "{} bytes of log for one review", log.len());
+
+    // A flood of denied reviews writes at most the audit budget per second, and says what it left out.
+    let denied = serde_json::to_vec(&review("Pod", "CREATE", &evil_pod(), None)).expect("JSON");
+    let mut client = server.client().await;
+    let started = std::time::Instant::now();
+    for _ in 0..400 {
+        assert_eq!(client.post("/validate", denied.clone()).await.0, 200);
+    }
+    let elapsed = started.elapsed();
+    let seconds = elapsed.as_secs() + 2;
+    let lines = log.audit_lines().len() as u64;
+    let budget = registry_gate::admission::audit::LINES_PER_SECOND;
+    assert!(lines <= budget * seconds, "{lines} audit lines in under {seconds} s");
+    let (_, metrics) = server.operations("/metrics").await;
+    let suppressed = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("registry_gate_audit_lines_suppressed_total "))
+        .and_then(|n| n.parse::<u64>().ok());
+    // 400 lines cannot fit in three one-second windows of 100.
+    if elapsed < Duration::from_secs(2) {
+        assert!(suppressed.is_some_and(|n| n > 0), "suppressed lines are counted: {suppressed:?}");
+    }
+    server.stop().await;
+}
+
+fn evil_pod() -> Value {
+    let mut pod = object("pod");
+    pod["spec"]["containers"][0]["image"] = json!("evil.example.com/miner");
+    pod
+}
+
 #[tokio::test]
 async fn health_readiness_and_metrics() {
     let server = TestServer::start(POLICY).await;

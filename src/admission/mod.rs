@@ -21,6 +21,7 @@
 //!   or deleting (finalizer removal is an UPDATE) an object admitted under an older policy is
 //!   never blocked; any newly introduced image is checked in full.
 
+pub mod audit;
 pub mod review;
 pub mod workload;
 
@@ -127,11 +128,40 @@ pub fn answer(webhook: Webhook, mut request: Request<'_>, snapshot: &PolicySnaps
     }
 }
 
+/// Denied images named one by one in a denial message; the rest are counted. A review can
+/// carry 20,000 images, and a message (and an audit line) listing them all is megabytes.
+const LISTED_PROBLEMS: usize = 20;
+/// Denied images named in an audit line beyond the first, which gets its own fields.
+const LOGGED_OTHERS: usize = 9;
+
 /// Fail closed: an object whose images cannot be read is denied.
 pub fn unreadable(uid: &str, kind: &str, name: &str, why: &str) -> Answer {
     let message = format!("registry-gate cannot check {kind} {name:?}: {why}");
-    tracing::warn!(target: "registry_gate::audit", uid, kind, name, reason = why, "denied: object unreadable");
+    if let Some(permit) = audit::AUDIT_LINES.permit() {
+        tracing::warn!(
+            target: "registry_gate::audit",
+            uid,
+            kind,
+            name,
+            reason = why,
+            suppressed_before = permit.suppressed_before,
+            "denied: object unreadable"
+        );
+    }
     Answer { response: Response::deny(uid, message), outcome: Outcome::Error }
+}
+
+/// One denied image: where it sits, what it is, and why.
+struct Problem<'r> {
+    location: workload::ImageLocation,
+    image: &'r str,
+    reason: String,
+}
+
+impl std::fmt::Display for Problem<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:?}: {}", self.location, self.image, self.reason)
+    }
 }
 
 fn validate(
@@ -146,6 +176,7 @@ fn validate(
     // Images the object already had were admitted before; see the module notes on UPDATE.
     let previous = previous_images(old_spec, request.operation(), kind);
     let mut problems = Vec::new();
+    let mut denied = 0usize;
     for (location, image) in spec.images(kind.spec_path()) {
         if previous.as_ref().is_some_and(|seen| seen.contains(&image)) {
             continue;
@@ -155,32 +186,53 @@ fn validate(
             Decision::Allowed(registry) => snapshot.counters.allowed(registry),
             Decision::Denied(denial) => {
                 count_denial(snapshot, denial);
-                let reason = policy.denial_message(reference.as_ref(), denial, namespace);
-                tracing::warn!(
-                    target: "registry_gate::audit",
-                    uid = request.uid(),
-                    user = request.username(),
-                    namespace,
-                    kind = request.kind(),
-                    name = request.name(),
-                    field = %location,
-                    image,
-                    reason = %reason,
-                    decision = if policy.mode == Mode::Audit { "audited" } else { "denied" },
-                    policy_generation = snapshot.generation,
-                    "image not allowed"
-                );
-                problems.push(format!("{location} {image:?}: {reason}"));
+                denied += 1;
+                // Only the images that will be named are explained: the explanation is the
+                // expensive part, and a review may deny thousands.
+                if problems.len() < LISTED_PROBLEMS {
+                    let reason = policy.denial_message(reference.as_ref(), denial, namespace);
+                    problems.push(Problem { location, image, reason });
+                }
             }
         }
     }
-    if problems.is_empty() {
+    let Some(first) = problems.first() else {
         return Answer { response: Response::allow(request.uid()), outcome: Outcome::Allowed };
+    };
+    let unlisted = denied - problems.len();
+    if let Some(permit) = audit::AUDIT_LINES.permit() {
+        let others: Vec<String> = problems
+            .iter()
+            .skip(1)
+            .take(LOGGED_OTHERS)
+            .map(|p| format!("{} {}", p.location, p.image))
+            .collect();
+        tracing::warn!(
+            target: "registry_gate::audit",
+            uid = request.uid(),
+            user = request.username(),
+            namespace,
+            kind = request.kind(),
+            name = request.name(),
+            field = %first.location,
+            image = first.image,
+            reason = %first.reason,
+            denied_images = denied,
+            others = others.join("; "),
+            decision = if policy.mode == Mode::Audit { "audited" } else { "denied" },
+            policy_generation = snapshot.generation,
+            suppressed_before = permit.suppressed_before,
+            "images not allowed"
+        );
     }
+    let more = (unlisted > 0).then(|| format!("and {unlisted} more images not allowed"));
     if policy.mode == Mode::Audit {
         let mut response = Response::allow(request.uid());
-        response.warnings =
-            problems.iter().map(|p| format!("registry-gate (audit mode) would deny: {p}")).collect();
+        response.warnings = problems
+            .iter()
+            .map(|p| format!("registry-gate (audit mode) would deny: {p}"))
+            .chain(more.map(|more| format!("registry-gate (audit mode) would deny {more}")))
+            .collect();
         return Answer { response, outcome: Outcome::Audited };
     }
     let subject = if request.name().is_empty() {
@@ -188,11 +240,11 @@ fn validate(
     } else {
         format!("{} {:?}", request.kind(), request.name())
     };
-    let count =
-        if problems.len() == 1 { "an image".to_owned() } else { format!("{} images", problems.len()) };
+    let count = if denied == 1 { "an image".to_owned() } else { format!("{denied} images") };
+    let listed: Vec<String> = problems.iter().map(ToString::to_string).chain(more).collect();
     let message = format!(
         "registry-gate: {subject} uses {count} from unregistered or forbidden registries:\n- {}",
-        problems.join("\n- ")
+        listed.join("\n- ")
     );
     Answer { response: Response::deny(request.uid(), message), outcome: Outcome::Denied }
 }

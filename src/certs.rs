@@ -91,17 +91,35 @@ impl DevCertificates {
     }
 }
 
+/// Writes `contents` to `path`. A private file is written to a new file readable by its owner
+/// alone and renamed over `path`: opening an existing file keeps its mode, so overwriting a
+/// world-readable `tls.key` in place left the new key world-readable.
 fn write_file(path: &Path, contents: &str, private: bool) -> std::io::Result<()> {
     use std::io::Write;
+    if !private {
+        return std::fs::write(path, contents);
+    }
+    let mut staging = path.as_os_str().to_owned();
+    staging.push(format!(".{}.new", std::process::id()));
+    let staging = PathBuf::from(staging);
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
-    if private {
+    {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let _ = private;
-    options.open(path)?.write_all(contents.as_bytes())
+    let written = options.open(&staging).and_then(|mut file| {
+        file.write_all(contents.as_bytes())?;
+        file.sync_all()
+    });
+    match written.and_then(|()| std::fs::rename(&staging, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&staging);
+            Err(e)
+        }
+    }
 }
 
 /// The serving pair in `dir`, generated first if it is not there.
@@ -112,4 +130,28 @@ pub fn ensure(dir: &Path) -> Result<CertificateFiles, CertsError> {
     }
     tracing::info!(target: "registry_gate::tls", dir = %dir.display(), "generating development certificates");
     generate(&default_names())?.write(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn the_key_is_private_even_over_a_world_readable_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("registry-gate-certs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let key = dir.join(TLS_KEY);
+        std::fs::write(&key, "old key").expect("old key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+
+        let files = generate(&["localhost".to_owned()]).expect("certificates").write(&dir).expect("written");
+        let mode = std::fs::metadata(&files.key).expect("key").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "tls.key mode {mode:o}");
+        assert!(std::fs::read_to_string(&files.key).expect("key").contains("PRIVATE KEY"));
+        let leftovers = std::fs::read_dir(&dir).expect("dir").filter_map(Result::ok).count();
+        assert_eq!(leftovers, 3, "ca.crt, tls.crt and tls.key, no staging file");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
 }

@@ -313,12 +313,12 @@ spec:
 EOF
 }
 check "namespaceSelector: Pod CREATE in registry-gate is admitted" restricted_pod
-ignored_namespace() {
-  k create namespace opted-out && k label namespace opted-out registry-gate.io/ignore=true &&
-    pod opted-out p1
+labelled_namespace() {
+  k create namespace labelled && k label namespace labelled registry-gate.io/ignore=true &&
+    pod labelled p1
 }
-check "namespaceSelector: Pod CREATE in a namespace labelled registry-gate.io/ignore=true is admitted" \
-  ignored_namespace
+refused "namespaceSelector: a registry-gate.io/ignore=true label exempts nothing in the base" \
+  'failed calling webhook "pull-secrets\.registry-gate\.io"' labelled_namespace
 check "fail open: an UPDATE of the policy ConfigMap is admitted while the webhook is unreachable" \
   k -n registry-gate annotate configmap registry-gate-policy validate.registry-gate.io/touched=yes
 template_pod() {

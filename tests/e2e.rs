@@ -42,8 +42,9 @@ const EVIL: &str = "quay.io/evil/miner:1";
 const LOOKALIKE: &str = "ghcr.io/acme-evil/api:1.2";
 
 const NS: &str = "shop";
-/// Labelled `registry-gate.io/ignore=true`: the webhooks' namespaceSelector leaves it out.
-const IGNORED_NS: &str = "sandbox";
+/// Labelled `registry-gate.io/ignore=true`, which exempts nothing in the base manifests (only
+/// the opt-in component honours it): the label must be no bypass.
+const LABELLED_NS: &str = "sandbox";
 
 fn policy_path() -> PathBuf {
     root().join("tests/e2e/policy.yaml")
@@ -257,12 +258,13 @@ fn admission_end_to_end() {
 
 fn setup_namespaces(cp: &ControlPlane) -> anyhow::Result<()> {
     // The registry-gate namespace as the manifests define it (created for real: the dry run of
-    // the base needs it), a guarded namespace, and one an admin has exempted by label.
+    // the base needs it), a guarded namespace, and one labelled as the opt-in component would
+    // exempt it.
     cp.kubectl(&["apply", "--server-side", "-f", "manifests/base/namespace.yaml"]).ok()?;
-    for ns in [NS, IGNORED_NS] {
+    for ns in [NS, LABELLED_NS] {
         let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
         let mut object = object;
-        if ns == IGNORED_NS {
+        if ns == LABELLED_NS {
             object["metadata"]["labels"] = json!({"registry-gate.io/ignore": "true"});
         }
         cp.kubectl_stdin(&["apply", "--server-side", "-f", "-"], &object.to_string()).ok()?;
@@ -510,12 +512,13 @@ fn scenario_fail_closed(a: &mut Admission) -> anyhow::Result<()> {
         "Deployment refused, but not by the image webhook failing:\n{}",
         run.stderr
     );
-    // kube-system and an ignore-labelled namespace are never sent to registry-gate.
+    // kube-system is never sent to registry-gate; a namespace labelled registry-gate.io/ignore
+    // is, since in the base that label is no way around the policy.
     create(cp, &pod("kube-system", "while-down", pod_spec(vec![container("c", EVIL)])))
         .ok()
         .context("a kube-system Pod while registry-gate is down")?;
-    create(cp, &pod(IGNORED_NS, "while-down", pod_spec(vec![container("c", EVIL)])))
-        .ok()
+    create(cp, &pod(LABELLED_NS, "while-down", pod_spec(vec![container("c", EVIL)])))
+        .refused()
         .context("a Pod in a namespace labelled registry-gate.io/ignore=true while registry-gate is down")?;
     Ok(())
 }

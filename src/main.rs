@@ -234,6 +234,9 @@ fn validate(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
+    for warning in &policy.warnings {
+        eprintln!("{}: warning: {warning}", path.display());
+    }
     println!(
         "{}: valid ({} mode, {} registries, {} deny rules, short names from {})",
         path.display(),

@@ -1,7 +1,7 @@
 //! The policy as admins meet it: the bundled examples, the published JSON Schema, and the errors
 //! a broken policy gets.
 
-use registry_gate::policy::{Policy, RegistryType};
+use registry_gate::policy::{Decision, Denial, Policy, RegistryType};
 
 fn repo_file(path: &str) -> String {
     std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")))
@@ -136,4 +136,77 @@ fn not_yaml_is_one_clear_problem() {
     let error = Policy::parse("registries: [\n").expect_err("unclosed");
     assert_eq!(error.problems.len(), 1);
     assert!(error.to_string().contains("not valid YAML"), "{error}");
+}
+
+fn policy_with(body: &str) -> Result<Policy, registry_gate::policy::PolicyError> {
+    Policy::parse(&format!("apiVersion: registry-gate.io/v1\nkind: RegistryPolicy\n{body}"))
+}
+
+fn decision(policy: &Policy, image: &str) -> String {
+    match policy.check(image, "shop").1 {
+        Decision::Allowed(registry) => format!("allowed by {}", registry.name),
+        Decision::Denied(Denial::DenyListed(rule)) => format!("denied by {}", rule.url),
+        Decision::Denied(other) => format!("denied: {other:?}"),
+    }
+}
+
+#[test]
+fn match_everything_exemptions_and_scopes_are_refused() {
+    for patterns in ["['*']", "['?*']", "['**']", "['*?*']", "[shop, '*']"] {
+        let error =
+            policy_with(&format!("exemptNamespaces: {patterns}\nregistries: []\n")).expect_err(patterns);
+        assert!(error.to_string().contains("switch the policy off"), "{patterns}: {error}");
+        let scoped = format!(
+            "registries:\n  - {{name: hub, type: Public, url: docker.io/library, namespaces: {patterns}}}\n"
+        );
+        let error = policy_with(&scoped).expect_err(patterns);
+        assert!(error.to_string().contains("leave `namespaces` out"), "{patterns}: {error}");
+    }
+    // Patterns with a literal part are scopes, not switches.
+    assert!(policy_with("exemptNamespaces: [kube-*, 'team-?']\nregistries: []\n").is_ok());
+}
+
+#[test]
+fn a_wildcard_entry_with_a_pull_secret_is_a_warning() {
+    let policy = policy_with(
+        "registries:\n  - {name: acr, type: ACR, url: '*.azurecr.io', pullSecret: acr}\n  - {name: one, type: ACR, url: acmecorp.azurecr.io, pullSecret: one}\n",
+    )
+    .expect("valid, with a warning");
+    assert_eq!(policy.warnings.len(), 1, "{:?}", policy.warnings);
+    let warning = policy.warnings[0].to_string();
+    assert!(warning.contains("registries[0].pullSecret") && warning.contains("other tenants"), "{warning}");
+}
+
+#[test]
+fn a_wildcard_over_docker_hub_aliases_covers_docker_hub() {
+    let policy = policy_with(
+        "registries:\n  - {name: hub, type: Public, url: docker.io}\ndeny:\n  - url: '*.docker.io'\n",
+    )
+    .expect("valid");
+    for image in
+        ["nginx", "docker.io/library/nginx", "index.docker.io/library/nginx", "registry-1.docker.io/x/y"]
+    {
+        assert_eq!(decision(&policy, image), "denied by *.docker.io", "{image}");
+    }
+}
+
+#[test]
+fn deny_rules_on_docker_hub_still_cover_short_names_pulled_from_a_mirror() {
+    let policy = policy_with(
+        "shortNameRegistry: mirror.example.com\nregistries:\n  - {name: mirror, type: Generic, url: mirror.example.com}\ndeny:\n  - url: docker.io/library/busybox\n",
+    )
+    .expect("valid");
+    assert_eq!(decision(&policy, "busybox"), "denied by docker.io/library/busybox");
+    assert_eq!(decision(&policy, "busybox:1.36"), "denied by docker.io/library/busybox");
+    assert_eq!(decision(&policy, "nginx"), "allowed by mirror");
+    // Written with the mirror's host, the image is the mirror's, and only the mirror's rules apply.
+    assert_eq!(decision(&policy, "mirror.example.com/library/busybox"), "allowed by mirror");
+}
+
+#[test]
+fn public_suffix_wildcards_are_refused_with_their_line() {
+    let error =
+        policy_with("registries:\n  - {name: uk, type: Generic, url: '*.co.uk'}\n").expect_err("too broad");
+    let text = error.to_string();
+    assert!(text.contains("line 4") && text.contains("co.uk is a public suffix"), "{text}");
 }

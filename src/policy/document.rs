@@ -41,13 +41,18 @@ fn list(problems: &[Problem]) -> String {
     problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
 }
 
-/// Collects problems while the decoder walks the document.
+/// Collects problems (which refuse the policy) and warnings (which do not) while the decoder
+/// walks the document.
 #[derive(Default)]
-struct Problems(Vec<Problem>);
+struct Problems(Vec<Problem>, Vec<Problem>);
 
 impl Problems {
     fn add(&mut self, field: &str, line: usize, message: impl Into<String>) {
         self.0.push(Problem { field: field.to_owned(), line: Some(line), message: message.into() });
+    }
+
+    fn warn(&mut self, field: &str, line: usize, message: impl Into<String>) {
+        self.1.push(Problem { field: field.to_owned(), line: Some(line), message: message.into() });
     }
 }
 
@@ -74,7 +79,10 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
     let mut problems = Problems::default();
     let policy = decode_policy(root, &mut problems);
     match policy {
-        Some(policy) if problems.0.is_empty() => Ok(policy),
+        Some(mut policy) if problems.0.is_empty() => {
+            policy.warnings = problems.1;
+            Ok(policy)
+        }
         _ => {
             let mut problems = problems.0;
             problems.sort_by_key(|p| p.line);
@@ -174,7 +182,9 @@ impl<'n> Fields<'n> {
         }
     }
 
-    /// A list of namespace patterns, and its line.
+    /// A list of namespace patterns, and its line. A pattern of wildcards alone (`*`, `?*`)
+    /// matches every namespace: as an exemption it switches the policy off, and in a registry's
+    /// scope it says no more than leaving the scope out, so both are refused.
     fn namespace_patterns(
         &self,
         name: &str,
@@ -195,6 +205,15 @@ impl<'n> Fields<'n> {
                     );
                     return None;
                 };
+                if text.contains('*') && text.bytes().all(|b| b == b'*' || b == b'?') {
+                    let message = if name == "exemptNamespaces" {
+                        format!("{text:?} matches every namespace, which would switch the policy off; name the namespaces to exempt")
+                    } else {
+                        format!("{text:?} matches every namespace; leave `namespaces` out to admit all")
+                    };
+                    problems.add(&item_path, item.line, message);
+                    return None;
+                }
                 NamespacePattern::parse(text).map_err(|e| problems.add(&item_path, item.line, e)).ok()
             })
             .collect();
@@ -354,6 +373,19 @@ fn decode_registry(node: &Node, index: usize, problems: &mut Problems) -> Option
         Some(pattern)
     });
     let pull_secret = fields.string("pullSecret", problems);
+    if let (Some(secret), Some(pattern)) = (pull_secret, &pattern) {
+        if pattern.host.is_wildcard() {
+            let line = fields.get("pullSecret").map_or(fields.line, |n| n.line);
+            problems.warn(
+                &fields.field_path("pullSecret"),
+                line,
+                format!(
+                    "{secret:?} is given to every Pod pulling from any host {} covers, other tenants' registries included; if it holds one registry's credentials, register that host by name",
+                    pattern.host.key()
+                ),
+            );
+        }
+    }
     if let (Some(secret), Some(registry_type)) = (pull_secret, registry_type) {
         let line = fields.get("pullSecret").map_or(fields.line, |n| n.line);
         if !registry_type.takes_pull_secret() {

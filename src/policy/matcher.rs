@@ -155,17 +155,35 @@ impl Index {
         let allow = allow.into_iter().map(|p| (p, false));
         let deny = deny.into_iter().map(|p| (p, true));
         let mut positions = (0usize, 0usize);
+        let mut hub_aliases = Vec::new();
         for (pattern, is_deny) in allow.chain(deny) {
             let position = if is_deny { &mut positions.1 } else { &mut positions.0 };
-            let rules = index.rules_for(pattern);
-            let prefixes = if is_deny { &mut rules.deny } else { &mut rules.allow };
-            if prefixes.deepest(&pattern.path).is_none_or(|(depth, _)| depth != pattern.depth()) {
-                prefixes.insert(&pattern.path, *position);
+            Self::insert(index.rules_for(pattern), pattern, is_deny, *position);
+            if pattern.host.covers_docker_hub_alias() {
+                hub_aliases.push((pattern, is_deny, *position));
             }
             *position += 1;
         }
+        // Image hosts are canonical before lookup, so index.docker.io and registry-1.docker.io
+        // arrive as docker.io and no wildcard could ever match them: a `*.docker.io` deny rule
+        // would deny nothing on Docker Hub. A wildcard that covers one of those names covers
+        // Docker Hub, so it is also filed under docker.io, after the exact entries (which win
+        // at equal depth).
+        let hub = RegistryPattern::parse(crate::image::DOCKER_HUB).expect("docker.io is a registry host");
+        for (pattern, is_deny, position) in hub_aliases {
+            let rules = index.exact.entry(hub.host.key().into()).or_default();
+            Self::insert(rules, pattern, is_deny, position);
+        }
         index.wildcards.sort_by_key(|(shape, _)| shape.specificity());
         index
+    }
+
+    /// Files a pattern's path under a host's rules, unless an earlier entry has the same path.
+    fn insert(rules: &mut HostRules, pattern: &RegistryPattern, is_deny: bool, position: usize) {
+        let prefixes = if is_deny { &mut rules.deny } else { &mut rules.allow };
+        if prefixes.deepest(&pattern.path).is_none_or(|(depth, _)| depth != pattern.depth()) {
+            prefixes.insert(&pattern.path, position);
+        }
     }
 
     fn rules_for(&mut self, pattern: &RegistryPattern) -> &mut HostRules {
@@ -252,6 +270,22 @@ mod tests {
         assert_eq!(allow(&index, "ghcr.io", "org7/app"), Some(7));
         assert_eq!(allow(&index, "ghcr.io", "org7-evil/app"), None);
         assert_eq!(allow(&index, "ghcr.io", "org49"), Some(49));
+    }
+
+    #[test]
+    fn wildcards_over_docker_hub_aliases_cover_docker_hub() {
+        let allow = index(&["docker.io/library", "ghcr.io"]);
+        let deny: Vec<RegistryPattern> = ["*.docker.io", "*.*.docker.io/x"]
+            .iter()
+            .map(|u| RegistryPattern::parse(u).expect("valid"))
+            .collect();
+        let allow_patterns: Vec<RegistryPattern> =
+            ["docker.io/library"].iter().map(|u| RegistryPattern::parse(u).expect("valid")).collect();
+        let index_with_deny = Index::build(&allow_patterns, &deny);
+        // docker.io is what index.docker.io and registry-1.docker.io become before lookup.
+        assert_eq!(index_with_deny.lookup("docker.io", "library/nginx").deny, Some(0));
+        assert_eq!(index_with_deny.lookup("ghcr.io", "library/nginx").deny, None);
+        assert_eq!(allow.lookup("docker.io", "library/nginx").deny, None);
     }
 
     #[test]

@@ -112,6 +112,9 @@ pub struct Policy {
     pub exempt_namespaces: Vec<NamespacePattern>,
     pub registries: Vec<Registry>,
     pub deny: Vec<DenyRule>,
+    /// What is allowed but probably not meant (a wildcard entry with a pull secret): shown by
+    /// `policy validate`, at the door, and in the log when the policy loads.
+    pub warnings: Vec<Problem>,
     index: Index,
 }
 
@@ -165,7 +168,7 @@ impl Policy {
             registry.position = position;
         }
         let index = Index::build(registries.iter().map(|r| &r.pattern), deny.iter().map(|d| &d.pattern));
-        Policy { mode, short_name_host, exempt_namespaces, registries, deny, index }
+        Policy { mode, short_name_host, exempt_namespaces, registries, deny, warnings: Vec::new(), index }
     }
 
     /// Whether objects in this namespace are admitted without looking at their images.
@@ -202,7 +205,7 @@ impl Policy {
             }
         };
         let matches = self.index.lookup(host, path);
-        if let Some(rule) = matches.deny {
+        if let Some(rule) = matches.deny.or_else(|| self.short_name_deny(image, path)) {
             return Decision::Denied(Denial::DenyListed(&self.deny[rule]));
         }
         match matches.allow {
@@ -216,6 +219,19 @@ impl Policy {
             }
             None => Decision::Denied(Denial::Unregistered),
         }
+    }
+
+    /// A deny rule on Docker Hub that covers a short name pulled from a mirror.
+    ///
+    /// With `shortNameRegistry: mirror.example.com`, `busybox` is pulled from the mirror, but it
+    /// still names Docker Hub's busybox (the mirror serves a copy of it), so
+    /// `deny: docker.io/library/busybox` must keep covering it. Rules on the mirror's own host
+    /// apply as well, through the ordinary lookup.
+    fn short_name_deny(&self, image: &Reference<'_>, path: &str) -> Option<usize> {
+        if !image.is_short_name() || self.short_name_host.key() == crate::image::DOCKER_HUB {
+            return None;
+        }
+        self.index.lookup(crate::image::DOCKER_HUB, path).deny
     }
 
     /// Parses and decides one image string.

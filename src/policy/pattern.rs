@@ -102,6 +102,11 @@ impl HostPattern {
         if !grammar::is_domain_and_port(&as_host) {
             return Err("is not a valid host name[:port]".into());
         }
+        if let Some(suffix) = public_suffix_after_wildcard(&labels) {
+            return Err(format!(
+                "is too broad: {suffix} is a public suffix, so the * before it is any domain anyone can register"
+            ));
+        }
         Ok(HostPattern { key: key.into(), name_len, wildcards, labels: labels.len() })
     }
 
@@ -112,6 +117,12 @@ impl HostPattern {
         }
         let mut buf = [0; HOST_BUF_LEN];
         self.shape().mask(host, &mut buf) == Some(&*self.key)
+    }
+
+    /// Whether this wildcard covers one of Docker Hub's other names (`*.docker.io` covers
+    /// `index.docker.io`), and so Docker Hub itself.
+    pub fn covers_docker_hub_alias(&self) -> bool {
+        self.is_wildcard() && DOCKER_HUB_ALIASES.iter().any(|alias| self.matches(alias))
     }
 
     /// The canonical `name[:port]`.
@@ -133,6 +144,15 @@ impl HostPattern {
     pub fn shape(&self) -> WildcardShape {
         WildcardShape { labels: self.labels, wildcards: self.wildcards }
     }
+}
+
+/// The labels after a host's last wildcard, when they are a public suffix (`co.uk`,
+/// `github.io`): then the wildcard stands for a registrable domain, which anyone can own. A
+/// suffix the list does not know counts only as its last label, as browsers treat it.
+fn public_suffix_after_wildcard(labels: &[&str]) -> Option<String> {
+    let last_wildcard = labels.iter().rposition(|label| *label == "*")?;
+    let tail = labels[last_wildcard + 1..].join(".");
+    (psl::suffix_str(&tail) == Some(tail.as_str())).then_some(tail)
 }
 
 /// The positions of a wildcard host's `*` labels.
@@ -325,6 +345,25 @@ mod tests {
     fn allow_everything_entries_are_refused() {
         for url in ["", " ", "*", "https://", "*/", "*.io", "*.*.com", "foo*.com", "ghcr.io/*", "a b.com"] {
             assert!(RegistryPattern::parse(url).is_err(), "{url:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn wildcards_over_a_public_suffix_are_refused() {
+        for url in
+            ["*.co.uk", "*.github.io", "registry.*.co.uk", "a.*.io", "*.*.github.io", "*.s3.amazonaws.com"]
+        {
+            let error = RegistryPattern::parse(url).expect_err(url);
+            assert!(error.contains("public suffix"), "{url}: {error}");
+        }
+        for url in [
+            "*.azurecr.io",
+            "*.acme.co.uk",
+            "*.acme.github.io",
+            "123456789012.dkr.ecr.*.amazonaws.com",
+            "*.corp.example:5000",
+        ] {
+            assert!(RegistryPattern::parse(url).is_ok(), "{url} is one organisation's");
         }
     }
 

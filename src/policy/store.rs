@@ -59,6 +59,9 @@ impl PolicyStore {
             mode = policy.mode.name(),
             "policy loaded"
         );
+        for warning in &policy.warnings {
+            tracing::warn!(target: "registry_gate::policy", generation, source, %warning, "policy warning");
+        }
         self.current.store(Some(Arc::new(PolicySnapshot {
             policy,
             counters,

@@ -177,9 +177,32 @@ pub fn match_reference(text: &str) -> Option<(&str, Option<&str>, Option<&str>)>
     Some((name, tag, digest))
 }
 
+/// Capital letters that Rust's Unicode tables (17.0 in Rust 1.95) lower-case and Go's (15.0 in
+/// Go 1.26) do not, because they were added in Unicode 16.0 and 17.0. Found by comparing
+/// `unicode.ToLower` with `char::to_lowercase` over every code point; `tests/go_differential.rs`
+/// fails when a toolchain upgrade makes the two differ again. Sorted, for binary search.
+const UPPER_ONLY_IN_RUST: [u32; 55] = [
+    0x1C89, 0xA7CB, 0xA7CC, 0xA7CE, 0xA7D2, 0xA7D4, 0xA7DA, 0xA7DC, 0x10D50, 0x10D51, 0x10D52, 0x10D53,
+    0x10D54, 0x10D55, 0x10D56, 0x10D57, 0x10D58, 0x10D59, 0x10D5A, 0x10D5B, 0x10D5C, 0x10D5D, 0x10D5E,
+    0x10D5F, 0x10D60, 0x10D61, 0x10D62, 0x10D63, 0x10D64, 0x10D65, 0x16EA0, 0x16EA1, 0x16EA2, 0x16EA3,
+    0x16EA4, 0x16EA5, 0x16EA6, 0x16EA7, 0x16EA8, 0x16EA9, 0x16EAA, 0x16EAB, 0x16EAC, 0x16EAD, 0x16EAE,
+    0x16EAF, 0x16EB0, 0x16EB1, 0x16EB2, 0x16EB3, 0x16EB4, 0x16EB5, 0x16EB6, 0x16EB7, 0x16EB8,
+];
+
+/// Go's `unicode.ToLower` of one rune: the simple case mapping, by Go's tables.
+fn go_lower(c: char) -> char {
+    if c.is_ascii() {
+        return c.to_ascii_lowercase();
+    }
+    if UPPER_ONLY_IN_RUST.binary_search(&u32::from(c)).is_ok() {
+        return c;
+    }
+    c.to_lowercase().next().unwrap_or(c)
+}
+
 /// Go's `strings.ToLower`, rune by rune with the simple case mapping. Only error paths use it.
 pub fn to_lower(text: &str) -> String {
-    text.chars().map(|c| c.to_lowercase().next().unwrap_or(c)).collect()
+    text.chars().map(go_lower).collect()
 }
 
 /// Go's `strings.ToLower(s) != s`, without allocating in the common ASCII case.
@@ -189,7 +212,7 @@ pub fn has_upper(text: &str) -> bool {
             return true;
         }
         if !byte.is_ascii() {
-            return text.chars().any(|c| c.to_lowercase().next() != Some(c));
+            return text.chars().any(|c| go_lower(c) != c);
         }
     }
     false
@@ -207,6 +230,15 @@ mod tests {
         for bad in ["", "a.", ".a", "a..b", "a___b", "a_-b", "A", "a/b"] {
             assert!(!is_path_component(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn case_follows_go_tables() {
+        assert!(has_upper("Ꞷ") && has_upper("É") && has_upper("A"));
+        // U+A7DA is upper case to Unicode 16, not to Go's Unicode 15 tables.
+        assert!(!has_upper("\u{A7DA}nginx") && !has_upper("ng\u{10D50}inx"));
+        assert_eq!(to_lower("\u{A7DA}É"), "\u{A7DA}é");
+        assert!(UPPER_ONLY_IN_RUST.windows(2).all(|pair| pair[0] < pair[1]), "sorted");
     }
 
     #[test]

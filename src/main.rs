@@ -115,6 +115,12 @@ struct ServeLimits {
     /// MiB of request bodies held in memory at once; a request that does not fit gets 503.
     #[arg(long, default_value_t = 32, env = "REGISTRY_GATE_BODY_MEMORY_MIB")]
     body_memory_mib: usize,
+    /// How often the certificate files are checked for a rotation, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    certificate_poll_millis: u64,
+    /// How often a --policy file is checked for edits, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    policy_poll_millis: u64,
 }
 
 impl ServeLimits {
@@ -122,6 +128,7 @@ impl ServeLimits {
         options.max_connections = self.max_connections;
         options.idle_timeout = std::time::Duration::from_secs(self.idle_timeout_seconds);
         options.body_budget_bytes = self.body_memory_mib.saturating_mul(1024 * 1024);
+        options.certificate_poll = std::time::Duration::from_millis(self.certificate_poll_millis.max(1));
     }
 }
 
@@ -131,9 +138,6 @@ enum PolicySource {
     ConfigMap { configmap: ConfigMapName, kubeconfig: Option<PathBuf> },
     BuiltIn,
 }
-
-/// How often a policy file is checked for edits.
-const POLICY_FILE_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -315,7 +319,8 @@ fn serve(
         let server = Server::bind(options, store.clone()).await?;
         let watcher = match policy_source {
             PolicySource::File(path) => {
-                Some(tokio::spawn(source::watch_file(path, loaded_text, store, POLICY_FILE_POLL)))
+                let poll = std::time::Duration::from_millis(limits.policy_poll_millis.max(1));
+                Some(tokio::spawn(source::watch_file(path, loaded_text, store, poll)))
             }
             PolicySource::ConfigMap { configmap, kubeconfig } => {
                 let client = kube_client(kubeconfig.as_deref()).await?;

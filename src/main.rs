@@ -316,17 +316,21 @@ fn serve(
     runtime.block_on(async move {
         let mut options = ServeOptions::new(listen, metrics_listen, tls);
         limits.apply(&mut options);
+        let client = match &policy_source {
+            PolicySource::ConfigMap { kubeconfig, .. } => Some(kube_client(kubeconfig.as_deref()).await?),
+            _ => None,
+        };
+        options.policy_events = client.clone();
         let server = Server::bind(options, store.clone()).await?;
-        let watcher = match policy_source {
-            PolicySource::File(path) => {
+        let watcher = match (policy_source, client) {
+            (PolicySource::File(path), _) => {
                 let poll = std::time::Duration::from_millis(limits.policy_poll_millis.max(1));
                 Some(tokio::spawn(source::watch_file(path, loaded_text, store, poll)))
             }
-            PolicySource::ConfigMap { configmap, kubeconfig } => {
-                let client = kube_client(kubeconfig.as_deref()).await?;
+            (PolicySource::ConfigMap { configmap, .. }, Some(client)) => {
                 Some(tokio::spawn(source::watch_configmap(client, configmap, store)))
             }
-            PolicySource::BuiltIn => None,
+            _ => None,
         };
         tracing::info!(
             target: "registry_gate::server",

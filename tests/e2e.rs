@@ -755,6 +755,70 @@ fn policy_configmap_hot_reload() {
             );
             Ok(())
         });
+        s.run("a weakening edit is admitted with a warning and an Event naming who made it", || {
+            let weaker = policy.replace("\nmode: enforce\n", "\nmode: audit\n");
+            ensure!(weaker != policy, "tests/e2e/policy.yaml is in enforce mode");
+            // A dry run shows the warning and records nothing (sideEffects: NoneOnDryRun).
+            let dry = cp.kubectl_stdin(
+                &[
+                    "apply",
+                    "--server-side",
+                    "--force-conflicts",
+                    "--field-manager=registry-gate-e2e",
+                    "--dry-run=server",
+                    "-f",
+                    "-",
+                ],
+                &policy_configmap(&weaker).to_string(),
+            );
+            ensure!(dry.success() && dry.stderr.contains("weakens the policy"), "dry run: {}", dry.stderr);
+            let run = apply_policy(cp, &weaker).ok()?;
+            ensure!(
+                run.stderr.contains(
+                    "Warning: registry-gate: this edit weakens the policy: mode changes from enforce to audit"
+                ),
+                "kubectl printed no weakening warning:\n{}",
+                run.stderr
+            );
+            println!("kubectl apply of a weaker policy:\n{}", run.stderr.trim_end());
+            let events = |last: &mut String| {
+                let run = cp.kubectl(&[
+                    "-n",
+                    "registry-gate",
+                    "get",
+                    "events",
+                    "--field-selector",
+                    &format!("involvedObject.name={POLICY_CONFIGMAP},reason=PolicyWeakened"),
+                    "-o",
+                    "json",
+                ]);
+                *last = format!("{}{}", run.stdout, run.stderr);
+                run.json().ok().and_then(|events| events["items"].as_array().cloned())
+            };
+            let event = wait_for(
+                "a PolicyWeakened Event",
+                Duration::from_secs(15),
+                Duration::from_millis(100),
+                |last| events(last)?.first().cloned(),
+            )?;
+            let message = event["message"].as_str().unwrap_or_default();
+            ensure!(event["type"] == "Warning", "PolicyWeakened is not a Warning: {event}");
+            ensure!(
+                message.starts_with("registry-gate-admin weakened the policy")
+                    && message.contains("enforce to audit"),
+                "the Event does not name the user and the change: {message}"
+            );
+            println!("Event: {} {}: {message}", event["type"], event["reason"]);
+            let mut last = String::new();
+            ensure!(
+                events(&mut last).is_some_and(|items| items.len() == 1),
+                "the dry run recorded an Event: {last}"
+            );
+            // Back to enforce: a stronger edit, no warning.
+            let run = apply_policy(cp, &policy).ok()?;
+            ensure!(!run.stderr.contains("weakens"), "restoring enforce warned:\n{}", run.stderr);
+            Ok(())
+        });
         s.run("a broken policy forced past the webhook keeps the last good one and records an Event", || {
             // Remove the policy webhook from the configuration, then wait until a broken policy
             // passes a server-side dry run.

@@ -889,6 +889,39 @@ async fn policy_configmap_edits_are_checked_at_the_door() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn weakening_policy_edits_are_admitted_with_warnings() {
+    let server = TestServer::start(POLICY).await;
+    let configmap = |policy: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "registry-gate-policy", "namespace": "registry-gate"},
+               "data": {"policy.yaml": policy}})
+    };
+    let weaker = POLICY
+        .replace("mode: enforce", "mode: audit")
+        .replace("exemptNamespaces: [kube-system]", "exemptNamespaces: [kube-system, team-*]")
+        .replace("deny:\n  - {url: docker.io/library/busybox, reason: use ghcr.io/acme/debug instead}\n", "");
+    assert_ne!(weaker, POLICY);
+    let mut request = review("ConfigMap", "UPDATE", &configmap(&weaker), Some(&configmap(POLICY)));
+    request["request"]["namespace"] = json!("registry-gate");
+    let answer = server.review("/validate-policy", &request).await;
+    assert_eq!(response(&answer)["allowed"], true, "weakening is allowed, with warnings: {answer}");
+    let warnings = response(&answer)["warnings"].to_string();
+    for expected in ["enforce to audit", "\\\"team-*\\\"", "removes the deny rule docker.io/library/busybox"]
+    {
+        assert!(warnings.contains(expected), "{expected} in {warnings}");
+    }
+    // The same edit the other way strengthens the policy: no warning.
+    let mut back = review("ConfigMap", "UPDATE", &configmap(POLICY), Some(&configmap(&weaker)));
+    back["request"]["namespace"] = json!("registry-gate");
+    let answer = server.review("/validate-policy", &back).await;
+    assert!(!response(&answer)["warnings"].to_string().contains("weakens"), "{answer}");
+    // A wildcard entry with a pull secret is admitted with the policy's own warning.
+    let answer = server.review("/validate-policy", &request).await;
+    assert!(response(&answer)["warnings"].to_string().contains("other tenants"), "{answer}");
+    server.stop().await;
+}
+
 /// A self-signed pair for "localhost" that expired yesterday.
 fn write_expired_certificate(dir: &Path) -> CertificateFiles {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");

@@ -313,32 +313,70 @@ fn mutate(request: &Request<'_>, spec: &PodSpec<'_>, snapshot: &PolicySnapshot) 
     Answer { response: response.with_patch(&patch), outcome: Outcome::Allowed }
 }
 
+/// The answer to a review of the policy ConfigMap, and what the edit switches off, if anything.
+pub struct PolicyReview {
+    pub answer: Answer,
+    /// The weakenings of an admitted edit (see [`crate::policy::Policy::weakenings`]), for the
+    /// Event that names who made it.
+    pub weakened: Vec<String>,
+}
+
 /// Answers a review of the policy ConfigMap itself: an invalid policy is refused, with the same
 /// problems `registry-gate policy validate` prints, before the API server stores it. The reload
 /// path stays defensive for edits that get past this (the webhook fails open so that an admin
 /// can always repair the policy).
-pub fn answer_policy_review(request: &Request<'_>) -> Answer {
+///
+/// A valid edit is admitted with warnings the person applying it sees: the policy's own
+/// warnings, and what the edit switches off compared with the policy it replaces.
+pub fn answer_policy_review(request: &Request<'_>) -> PolicyReview {
+    use crate::policy::Policy;
     use crate::policy::source::CONFIGMAP_KEY;
 
     let uid = request.uid();
+    let done = |answer| PolicyReview { answer, weakened: Vec::new() };
     if let Some(why) = malformed(request) {
-        return unreadable(uid, request.kind(), request.name(), &why);
+        return done(unreadable(uid, request.kind(), request.name(), &why));
     }
     if !matches!(request.operation(), "CREATE" | "UPDATE") || request.kind() != "ConfigMap" {
-        return Answer { response: Response::allow(uid), outcome: Outcome::Allowed };
+        return done(Answer { response: Response::allow(uid), outcome: Outcome::Allowed });
     }
     let subject = format!("ConfigMap {}/{}", request.namespace(), request.name());
-    let text = request.object.as_ref().and_then(|o| o.data.as_ref()).and_then(|data| data.get(CONFIGMAP_KEY));
-    let Some(text) = text else {
-        let message = format!("registry-gate: {subject} has no {CONFIGMAP_KEY} key, so it holds no policy");
-        return Answer { response: Response::deny(uid, message), outcome: Outcome::Denied };
+    let policy_text = |object: Option<&workload::ObjectView<'_>>| {
+        object.and_then(|o| o.data.as_ref()).and_then(|data| data.get(CONFIGMAP_KEY)).cloned()
     };
-    match crate::policy::Policy::parse(text) {
-        Ok(_) => Answer { response: Response::allow(uid), outcome: Outcome::Allowed },
+    let Some(text) = policy_text(request.object.as_ref()) else {
+        let message = format!("registry-gate: {subject} has no {CONFIGMAP_KEY} key, so it holds no policy");
+        return done(Answer { response: Response::deny(uid, message), outcome: Outcome::Denied });
+    };
+    match Policy::parse(&text) {
+        Ok(policy) => {
+            let mut response = Response::allow(uid);
+            response.warnings = policy.warnings.iter().map(|w| format!("registry-gate: {w}")).collect();
+            // An old policy that does not parse enforced nothing that this edit could weaken.
+            let old = policy_text(request.old_object.as_ref()).and_then(|text| Policy::parse(&text).ok());
+            let weakened = old.map(|old| old.weakenings(&policy)).unwrap_or_default();
+            if !weakened.is_empty() {
+                response
+                    .warnings
+                    .push(format!("registry-gate: this edit weakens the policy: {}", weakened.join("; ")));
+                if let Some(permit) = audit::AUDIT_LINES.permit() {
+                    tracing::warn!(
+                        target: "registry_gate::audit",
+                        uid,
+                        user = request.username(),
+                        configmap = %subject,
+                        weakened = weakened.join("; "),
+                        suppressed_before = permit.suppressed_before,
+                        "policy weakened"
+                    );
+                }
+            }
+            PolicyReview { answer: Answer { response, outcome: Outcome::Allowed }, weakened }
+        }
         Err(error) => {
             tracing::warn!(target: "registry_gate::audit", uid, user = request.username(), configmap = %subject, problems = error.problems.len(), "policy edit refused");
             let message = format!("registry-gate: {subject} key {CONFIGMAP_KEY}: {error}");
-            Answer { response: Response::deny(uid, message), outcome: Outcome::Denied }
+            done(Answer { response: Response::deny(uid, message), outcome: Outcome::Denied })
         }
     }
 }

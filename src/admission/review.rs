@@ -42,6 +42,9 @@ pub struct Request<'a> {
     pub namespace: Option<Text<'a>>,
     #[serde(borrow, default)]
     pub operation: Option<Text<'a>>,
+    /// A dry run must have no side effects (no Events).
+    #[serde(default)]
+    pub dry_run: Option<bool>,
     #[serde(borrow, default, deserialize_with = "optional_object")]
     pub user_info: Option<UserInfo<'a>>,
     #[serde(borrow, default, deserialize_with = "optional_object")]
@@ -190,6 +193,10 @@ impl<'a> Request<'a> {
 
     pub fn sub_resource(&self) -> &str {
         self.sub_resource.as_deref().unwrap_or_default()
+    }
+
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run.unwrap_or(false)
     }
 
     pub fn username(&self) -> &str {

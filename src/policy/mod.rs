@@ -171,6 +171,27 @@ impl Policy {
         Policy { mode, short_name_host, exempt_namespaces, registries, deny, warnings: Vec::new(), index }
     }
 
+    /// What `newer` switches off that this policy enforced, in words for the person making the
+    /// edit: enforce becoming audit, new exemptions, deny rules removed. Registries added or
+    /// widened are the ordinary business of a policy and are not listed.
+    pub fn weakenings(&self, newer: &Policy) -> Vec<String> {
+        let mut found = Vec::new();
+        if self.mode == Mode::Enforce && newer.mode == Mode::Audit {
+            found.push("mode changes from enforce to audit: denied images will be admitted".to_owned());
+        }
+        for pattern in &newer.exempt_namespaces {
+            if !self.exempt_namespaces.iter().any(|old| old.text == pattern.text) {
+                found.push(format!("exempts namespaces matching {:?} from every check", pattern.text));
+            }
+        }
+        for rule in &self.deny {
+            if !newer.deny.iter().any(|new| new.pattern == rule.pattern) {
+                found.push(format!("removes the deny rule {}", rule.pattern));
+            }
+        }
+        found
+    }
+
     /// Whether objects in this namespace are admitted without looking at their images.
     pub fn is_exempt(&self, namespace: &str) -> bool {
         self.exempt_namespaces.iter().any(|p| p.matches(namespace))

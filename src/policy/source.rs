@@ -27,6 +27,10 @@ use super::{Policy, PolicyError, PolicyStore};
 pub const CONFIGMAP_KEY: &str = "policy.yaml";
 /// The Event reason for a refused policy edit.
 pub const REJECTED_REASON: &str = "PolicyRejected";
+/// The Event reason for an admitted edit that switches enforcement off somewhere.
+pub const WEAKENED_REASON: &str = "PolicyWeakened";
+/// The API caps an Event's note at 1 KiB.
+const NOTE_MAX_BYTES: usize = 1000;
 
 /// Parses `text` and puts it in force, or refuses it and keeps the last good policy.
 pub fn load(store: &PolicyStore, text: &str, source: &str) -> Result<u64, PolicyError> {
@@ -88,14 +92,56 @@ impl std::fmt::Display for ConfigMapName {
     }
 }
 
-/// Watches the policy ConfigMap and reloads on every change, until the task is dropped.
-pub async fn watch_configmap(client: Client, configmap: ConfigMapName, store: Arc<PolicyStore>) {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &configmap.namespace);
+/// The Event recorder of this process, reporting as `registry-gate` and the Pod's name.
+pub fn recorder(client: Client) -> Recorder {
     let reporter = Reporter {
         controller: "registry-gate".into(),
         instance: std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok()),
     };
-    let recorder = Recorder::new(client, reporter);
+    Recorder::new(client, reporter)
+}
+
+/// Records who weakened the policy in `namespace/name`, and how, as a Warning Event on it.
+pub async fn record_weakening(
+    recorder: &Recorder,
+    namespace: &str,
+    name: &str,
+    user: &str,
+    weakened: &[String],
+) {
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("ConfigMap".into()),
+        namespace: Some(namespace.into()),
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    let note = format!("{user} weakened the policy: {}", weakened.join("; "));
+    let event = Event {
+        type_: EventType::Warning,
+        reason: WEAKENED_REASON.into(),
+        note: Some(truncate_note(note)),
+        action: "Edit".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &reference).await {
+        tracing::warn!(target: "registry_gate::policy", error = %e, "cannot record the policy Event");
+    }
+}
+
+fn truncate_note(mut note: String) -> String {
+    if note.len() > NOTE_MAX_BYTES {
+        let cut = (0..=NOTE_MAX_BYTES).rev().find(|i| note.is_char_boundary(*i)).unwrap_or(0);
+        note.truncate(cut);
+        note.push('…');
+    }
+    note
+}
+
+/// Watches the policy ConfigMap and reloads on every change, until the task is dropped.
+pub async fn watch_configmap(client: Client, configmap: ConfigMapName, store: Arc<PolicyStore>) {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &configmap.namespace);
+    let recorder = recorder(client);
     let source = format!("ConfigMap {configmap}");
     let config = watcher::Config::default().fields(&format!("metadata.name={}", configmap.name));
     let mut changes = watcher(api, config).default_backoff().applied_objects().boxed();
@@ -137,17 +183,11 @@ fn missing_key_error() -> PolicyError {
 }
 
 async fn record_rejection(recorder: &Recorder, object: &ConfigMap, error: &PolicyError) {
-    // The API caps an Event's note at 1 KiB.
-    let mut note = format!("policy refused, the last good policy stays in force: {error}");
-    if note.len() > 1000 {
-        let cut = (0..=1000).rev().find(|i| note.is_char_boundary(*i)).unwrap_or(0);
-        note.truncate(cut);
-        note.push('…');
-    }
+    let note = format!("policy refused, the last good policy stays in force: {error}");
     let event = Event {
         type_: EventType::Warning,
         reason: REJECTED_REASON.into(),
-        note: Some(note),
+        note: Some(truncate_note(note)),
         action: "Reload".into(),
         secondary: None,
     };

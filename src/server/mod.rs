@@ -44,7 +44,7 @@ use tls::{CertificateFiles, ReloadingCertificate, TlsError};
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 /// How the server listens and times out.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeOptions {
     pub listen: SocketAddr,
     pub metrics_listen: SocketAddr,
@@ -66,6 +66,9 @@ pub struct ServeOptions {
     pub idle_timeout: Duration,
     /// Bytes of request bodies in memory at once; a request that does not fit gets 503.
     pub body_budget_bytes: usize,
+    /// Where policy edits that weaken enforcement are recorded as Events naming their author;
+    /// none without a cluster (a policy file needs no door).
+    pub policy_events: Option<kube::Client>,
 }
 
 impl ServeOptions {
@@ -82,6 +85,7 @@ impl ServeOptions {
             max_connections: 512,
             idle_timeout: Duration::from_secs(120),
             body_budget_bytes: 32 * 1024 * 1024,
+            policy_events: None,
         }
     }
 }
@@ -141,14 +145,24 @@ impl Server {
         let operations = tokio::spawn(serve_operations(self.operations, self.store.clone(), stop_rx.clone()));
         let metrics = self.store.metrics().clone();
         let budget = limits::BodyBudget::new(self.options.body_budget_bytes, metrics.clone());
-        let webhook = webhook_router(self.store, budget, self.options.request_timeout);
+        let state = Arc::new(WebhookState {
+            store: self.store,
+            policy_events: self.options.policy_events.clone().map(crate::policy::source::recorder),
+        });
+        let webhook = webhook_router(state, budget, self.options.request_timeout);
         serve_webhook(self.webhook, self.acceptor, webhook, &self.options, metrics, stop_rx).await;
         let _ = operations.await;
         watcher.abort();
     }
 }
 
-fn webhook_router(store: Arc<PolicyStore>, budget: limits::BodyBudget, request_timeout: Duration) -> Router {
+/// What the webhook's handlers share.
+struct WebhookState {
+    store: Arc<PolicyStore>,
+    policy_events: Option<kube::runtime::events::Recorder>,
+}
+
+fn webhook_router(state: Arc<WebhookState>, budget: limits::BodyBudget, request_timeout: Duration) -> Router {
     Router::new()
         .route("/validate", post(validate))
         .route("/mutate", post(mutate))
@@ -156,7 +170,7 @@ fn webhook_router(store: Arc<PolicyStore>, budget: limits::BodyBudget, request_t
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(budget, limits::reserve_body))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
-        .with_state(store)
+        .with_state(state)
 }
 
 /// HTTP/1.1 and HTTP/2 connection settings, each bounded; the protocol is chosen by ALPN.
@@ -300,24 +314,37 @@ async fn ready(State(store): State<Arc<PolicyStore>>) -> Response {
     }
 }
 
-async fn validate(State(store): State<Arc<PolicyStore>>, body: Bytes) -> Response {
-    review(&store, Webhook::Validate, &body)
+async fn validate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response {
+    review(&state.store, Webhook::Validate, &body)
 }
 
-async fn mutate(State(store): State<Arc<PolicyStore>>, body: Bytes) -> Response {
-    review(&store, Webhook::Mutate, &body)
+async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response {
+    review(&state.store, Webhook::Mutate, &body)
 }
 
 /// Reviews of the policy ConfigMap need no policy in force: they are how a first one arrives.
-async fn validate_policy(State(store): State<Arc<PolicyStore>>, body: Bytes) -> Response {
+async fn validate_policy(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response {
+    let metrics = state.store.metrics();
     let request = match Request::parse(&body) {
         Ok(request) => request,
-        Err(e) => return malformed(store.metrics(), &e),
+        Err(e) => return malformed(metrics, &e),
     };
-    let answer = admission::answer_policy_review(&request);
-    let labels = [operation_label(request.operation()), "ConfigMap", answer.outcome.label()];
-    store.metrics().requests.with_label_values(&labels).inc();
-    json_response(answer.response.to_review_json())
+    let review = admission::answer_policy_review(&request);
+    let labels = [operation_label(request.operation()), "ConfigMap", review.answer.outcome.label()];
+    metrics.requests.with_label_values(&labels).inc();
+    // The Event is a side effect, so never for a dry run (the webhook says NoneOnDryRun), and
+    // it does not hold up the answer.
+    if let (false, Some(recorder)) =
+        (review.weakened.is_empty() || request.is_dry_run(), &state.policy_events)
+    {
+        let (recorder, weakened) = (recorder.clone(), review.weakened);
+        let (namespace, name, user) =
+            (request.namespace().to_owned(), request.name().to_owned(), request.username().to_owned());
+        tokio::spawn(async move {
+            crate::policy::source::record_weakening(&recorder, &namespace, &name, &user, &weakened).await;
+        });
+    }
+    json_response(review.answer.response.to_review_json())
 }
 
 /// Kinds named in the request counter; any other is counted as `other`, keeping labels bounded.

@@ -43,7 +43,7 @@ struct TestServer {
     operations: SocketAddr,
     dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), registry_gate::server::ServeError>>,
 }
 
 impl TestServer {
@@ -104,7 +104,8 @@ impl TestServer {
         tokio::time::timeout(Duration::from_secs(10), &mut self.task)
             .await
             .expect("drains in time")
-            .expect("no panic");
+            .expect("no panic")
+            .expect("no background task failed");
     }
 }
 

@@ -99,6 +99,9 @@ pub enum ServeError {
     Tls(#[from] TlsError),
     #[error("cannot build the TLS configuration: {0}")]
     TlsConfig(#[from] rustls::Error),
+    /// A task the server needs stopped; the server stopped with it.
+    #[error("{0}")]
+    Background(String),
 }
 
 /// A server bound to its ports, ready to run.
@@ -135,13 +138,28 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then drains in-flight requests.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+    ///
+    /// The certificate reloader runs beside the server; should it ever stop (it loops until
+    /// aborted, so only a panic stops it), the server shuts down and this returns the error
+    /// rather than go on serving a certificate that no longer rotates.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(async move {
-            shutdown.await;
+        let reloader = tokio::spawn(self.certificate.clone().watch(self.options.certificate_poll));
+        let reloader_abort = reloader.abort_handle();
+        let stopped = tokio::spawn(async move {
+            let failure = tokio::select! {
+                () = shutdown => None,
+                ended = reloader => Some(match ended {
+                    Err(e) if e.is_panic() => "the certificate reloader panicked".to_owned(),
+                    _ => "the certificate reloader stopped".to_owned(),
+                }),
+            };
+            if let Some(why) = &failure {
+                tracing::error!(target: "registry_gate::server", reason = %why, "shutting down");
+            }
             let _ = stop_tx.send(true);
+            failure
         });
-        let watcher = tokio::spawn(self.certificate.clone().watch(self.options.certificate_poll));
         let operations = tokio::spawn(serve_operations(self.operations, self.store.clone(), stop_rx.clone()));
         let metrics = self.store.metrics().clone();
         let budget = limits::BodyBudget::new(self.options.body_budget_bytes, metrics.clone());
@@ -152,7 +170,12 @@ impl Server {
         let webhook = webhook_router(state, budget, self.options.request_timeout);
         serve_webhook(self.webhook, self.acceptor, webhook, &self.options, metrics, stop_rx).await;
         let _ = operations.await;
-        watcher.abort();
+        reloader_abort.abort();
+        match stopped.await {
+            Ok(None) => Ok(()),
+            Ok(Some(why)) => Err(ServeError::Background(why)),
+            Err(_) => Err(ServeError::Background("the shutdown watcher panicked".to_owned())),
+        }
     }
 }
 

@@ -13,8 +13,6 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::policy::{self, Policy};
-
 /// Latency buckets from 10 µs to 1 s.
 const DURATION_BUCKETS: [f64; 16] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -73,10 +71,17 @@ struct RegistryCounters {
     injected: IntCounter,
 }
 
+/// A policy entry as the counters know it: its position in the policy, and its name (the label).
+#[derive(Debug, Clone, Copy)]
+pub struct RegistryLabel<'a> {
+    pub position: usize,
+    pub name: &'a str,
+}
+
 impl DecisionCounters {
     /// The counters of a registry of the policy these counters were made for.
-    fn registry(&self, registry: &policy::Registry) -> Option<&RegistryCounters> {
-        let name = registry.name.as_str();
+    fn registry(&self, registry: RegistryLabel<'_>) -> Option<&RegistryCounters> {
+        let name = registry.name;
         Some(self.registries.get(registry.position)?.get_or_init(|| RegistryCounters {
             allowed: self.image_decisions.with_label_values(&[name, "allowed"]),
             denied: self.image_decisions.with_label_values(&[name, "denied"]),
@@ -85,14 +90,14 @@ impl DecisionCounters {
     }
 
     /// An image allowed by `registry`.
-    pub fn allowed(&self, registry: &policy::Registry) {
+    pub fn allowed(&self, registry: RegistryLabel<'_>) {
         if let Some(counters) = self.registry(registry) {
             counters.allowed.inc();
         }
     }
 
     /// An image denied although it matched `registry` (namespace scope).
-    pub fn denied_by(&self, registry: &policy::Registry) {
+    pub fn denied_by(&self, registry: RegistryLabel<'_>) {
         if let Some(counters) = self.registry(registry) {
             counters.denied.inc();
         }
@@ -111,7 +116,7 @@ impl DecisionCounters {
     }
 
     /// A pull secret of `registry` added to a Pod.
-    pub fn injected(&self, registry: &policy::Registry) {
+    pub fn injected(&self, registry: RegistryLabel<'_>) {
         if let Some(counters) = self.registry(registry) {
             counters.injected.inc();
         }
@@ -215,11 +220,11 @@ impl Metrics {
         }
     }
 
-    /// The per-registry counters of a policy about to be put in force.
-    pub fn decision_counters(&self, policy: &Policy) -> DecisionCounters {
+    /// The per-registry counters of a policy of `registries` entries about to be put in force.
+    pub fn decision_counters(&self, registries: usize) -> DecisionCounters {
         let denied = |label: &str| self.image_decisions.with_label_values(&[label, "denied"]);
         DecisionCounters {
-            registries: policy.registries.iter().map(|_| OnceLock::new()).collect(),
+            registries: (0..registries).map(|_| OnceLock::new()).collect(),
             image_decisions: self.image_decisions.clone(),
             injections: self.injections.clone(),
             unregistered: denied(UNREGISTERED),
@@ -228,10 +233,10 @@ impl Metrics {
         }
     }
 
-    /// Records that a policy was put in force.
-    pub fn policy_loaded(&self, policy: &Policy) {
+    /// Records that a policy of `registries` entries was put in force.
+    pub fn policy_loaded(&self, registries: usize) {
         self.policy_generation.inc();
-        self.policy_registries.set(policy.registries.len() as i64);
+        self.policy_registries.set(registries as i64);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         self.policy_last_reload.set(now.as_secs_f64());
     }

@@ -28,6 +28,7 @@ pub mod workload;
 use serde_json::json;
 
 use crate::image::Reference;
+use crate::metrics::RegistryLabel;
 use crate::policy::{Decision, Denial, Mode, PolicySnapshot, Registry};
 use review::{Request, Response};
 use workload::{PodSpec, WorkloadKind};
@@ -183,7 +184,7 @@ fn validate(
         }
         let (reference, decision) = policy.check(image, namespace);
         match &decision {
-            Decision::Allowed(registry) => snapshot.counters.allowed(registry),
+            Decision::Allowed(registry) => snapshot.counters.allowed(label(registry)),
             Decision::Denied(denial) => {
                 count_denial(snapshot, denial);
                 denied += 1;
@@ -249,11 +250,16 @@ fn validate(
     Answer { response: Response::deny(request.uid(), message), outcome: Outcome::Denied }
 }
 
+/// How the metrics name a policy entry.
+fn label(registry: &Registry) -> RegistryLabel<'_> {
+    RegistryLabel { position: registry.position, name: &registry.name }
+}
+
 fn count_denial(snapshot: &PolicySnapshot, denial: &Denial<'_>) {
     match denial {
         Denial::InvalidReference(_) => snapshot.counters.invalid(),
         Denial::Unregistered => snapshot.counters.unregistered(),
-        Denial::NamespaceNotAllowed(registry) => snapshot.counters.denied_by(registry),
+        Denial::NamespaceNotAllowed(registry) => snapshot.counters.denied_by(label(registry)),
         Denial::DenyListed(_) => snapshot.counters.deny_listed(),
     }
 }
@@ -289,7 +295,7 @@ fn mutate(request: &Request<'_>, spec: &PodSpec<'_>, snapshot: &PolicySnapshot) 
         return Answer { response, outcome: Outcome::Allowed };
     }
     for (_, registry) in &missing {
-        snapshot.counters.injected(registry);
+        snapshot.counters.injected(label(registry));
     }
     let secrets: Vec<serde_json::Value> = missing.iter().map(|(name, _)| json!({ "name": name })).collect();
     let patch = if spec.image_pull_secrets.is_empty() {

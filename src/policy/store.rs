@@ -48,8 +48,8 @@ impl PolicyStore {
     /// Puts a policy in force and returns its generation.
     pub fn install(&self, policy: Policy, source: &str) -> u64 {
         let generation = self.current().map_or(1, |snapshot| snapshot.generation + 1);
-        let counters = self.metrics.decision_counters(&policy);
-        self.metrics.policy_loaded(&policy);
+        let counters = self.metrics.decision_counters(policy.registries.len());
+        self.metrics.policy_loaded(policy.registries.len());
         tracing::info!(
             target: "registry_gate::policy",
             generation,

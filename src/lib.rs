@@ -10,6 +10,10 @@
 //! - [`admission`]: where images sit in Pods and in Pod-template workloads.
 //! - [`server`]: HTTPS with certificate reload, the `/validate` and `/mutate` endpoints, and the
 //!   operations port (`/metrics`, `/healthz`, `/readyz`); [`metrics`] holds what it exports.
+//! - [`controller`]: the second process (`registry-gate controller`), off the admission path:
+//!   it copies each registry's pull Secret into the namespaces that may use the registry, keeps
+//!   the copies current, and never touches a Secret it did not create.
+//! - [`credentials`]: what a registry's source pull Secret must hold, checked before it is copied.
 //! - [`certs`]: development certificates for `serve` and for tests.
 //! - [`check`]: the same decision offline, for CI pipelines (`registry-gate check`).
 //! - [`yaml`]: YAML trees that remember lines, so policy errors can point at them.
@@ -17,6 +21,8 @@
 pub mod admission;
 pub mod certs;
 pub mod check;
+pub mod controller;
+pub mod credentials;
 pub mod image;
 pub mod metrics;
 pub mod policy;

@@ -5,6 +5,8 @@
 //!   registry-gate for all of them, and reports each scenario by name.
 //! - `policy_configmap_hot_reload` runs registry-gate on a policy ConfigMap and measures how fast
 //!   an edit takes effect.
+//! - `pull_secrets_are_synced` runs `registry-gate controller` and proves the pull-secret copies
+//!   (e2e/sync.rs).
 //!
 //! The control plane binaries come from `REGISTRY_GATE_CONTROLPLANE_BIN`, else from
 //! `tests/controlplane/build.sh` (cached; a cold build takes ~13 min). When they cannot be had the
@@ -22,6 +24,8 @@ mod apiserver;
 mod cluster;
 #[path = "e2e/gate.rs"]
 mod gate;
+#[path = "e2e/sync.rs"]
+mod sync;
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -932,5 +936,17 @@ fn policy_configmap_hot_reload() {
     s.finish(|| {
         let kept = dir.keep();
         println!("registry-gate's certificates and logs are kept in {}", kept.display());
+    });
+}
+
+#[test]
+fn pull_secrets_are_synced() {
+    let cp = control_plane();
+    let dir = scratch("sync");
+    let mut s = Scenarios::new();
+    sync::pull_secret_sync(cp, &mut s, dir.path());
+    s.finish(|| {
+        let kept = dir.keep();
+        println!("the controller's log is kept in {}", kept.display());
     });
 }

@@ -1,12 +1,14 @@
 //! One file per command:
 //!
 //! - [`serve`]: the admission webhook and its operations port.
+//! - [`controller`]: pull-secret sync, the second process.
 //! - [`certs`]: development certificates.
 //! - [`check`]: images and manifests decided offline, for CI.
 //! - [`policy`]: `policy validate`.
 
 mod certs;
 mod check;
+mod controller;
 mod policy;
 mod serve;
 
@@ -34,6 +36,9 @@ pub struct Cli {
 enum Command {
     /// Run the admission webhook (HTTPS) and its operations port (metrics, health).
     Serve(serve::ServeArgs),
+    /// Keep every registry's pull secret copied, current and valid in the namespaces that may
+    /// use the registry (the second process; it holds the Secret permissions).
+    Controller(controller::ControllerArgs),
     /// Write a development CA and a serving certificate (ECDSA P-256): ca.crt, tls.crt, tls.key.
     Certs(certs::CertsArgs),
     /// Decide images (or every image of a manifest) against a policy, as the webhook would.
@@ -50,6 +55,7 @@ impl Cli {
     pub fn run(self) -> ExitCode {
         let result = match self.command {
             Command::Serve(args) => serve::run(args),
+            Command::Controller(args) => controller::run(args),
             Command::Certs(args) => certs::run(args),
             Command::Check(args) => check::run(args),
             Command::Policy { command } => policy::run(command),

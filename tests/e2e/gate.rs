@@ -23,7 +23,7 @@ pub fn binary() -> &'static Path {
 /// execs the program, so the PID is the program's). The Drop guards kill the server on every
 /// path a test takes, panics included; this also covers the test process itself being killed.
 /// Without setpriv, the program runs directly and only the guards apply.
-fn die_with_this_thread() -> Command {
+pub fn die_with_this_thread() -> Command {
     const SETPRIV: &str = "/usr/bin/setpriv";
     if Path::new(SETPRIV).is_file() {
         let mut command = Command::new(SETPRIV);

@@ -1,0 +1,120 @@
+//! `registry-gate controller`: pull-secret sync, off the admission path, with the Secret
+//! permissions the webhook does not hold.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::Context;
+use registry_gate::controller::{self, ControllerOptions, SyncMetrics};
+use registry_gate::metrics::Metrics;
+use registry_gate::policy::PolicyStore;
+use registry_gate::policy::source::{self, ConfigMapName};
+use tokio::task::JoinSet;
+
+use super::{LogFormat, init_logging, kube_client, read};
+
+#[derive(clap::Args)]
+pub struct ControllerArgs {
+    /// registry-gate's own namespace: where the registries' source pull Secrets live.
+    #[arg(long, default_value = "registry-gate", env = "POD_NAMESPACE")]
+    namespace: String,
+    /// Policy file (YAML or JSON), reloaded when it changes.
+    #[arg(
+        long,
+        env = "REGISTRY_GATE_POLICY",
+        conflicts_with = "policy_configmap",
+        required_unless_present = "policy_configmap"
+    )]
+    policy: Option<PathBuf>,
+    /// Policy ConfigMap as NAMESPACE/NAME (key policy.yaml), watched through the API server.
+    #[arg(long, env = "REGISTRY_GATE_POLICY_CONFIGMAP")]
+    policy_configmap: Option<ConfigMapName>,
+    /// Kubeconfig; otherwise KUBECONFIG or the in-cluster account.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Operations address (plain HTTP): /metrics, /healthz, /readyz.
+    #[arg(long, default_value = "0.0.0.0:9091")]
+    metrics_listen: SocketAddr,
+    /// Seconds between full passes over every namespace, a backstop for missed events.
+    #[arg(long, default_value_t = 600)]
+    resync_seconds: u64,
+    /// Secret writes per second at most, across all namespaces.
+    #[arg(long, default_value_t = 50)]
+    writes_per_second: u32,
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
+pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_format);
+    let store = Arc::new(PolicyStore::new(Metrics::new()));
+    let loaded = match &args.policy {
+        Some(path) => {
+            let text = read(path)?;
+            source::load(&store, &text, &path.display().to_string())
+                .with_context(|| format!("{} is not a valid policy", path.display()))?;
+            Some(text)
+        }
+        None => None,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let client = kube_client(args.kubeconfig.as_deref()).await?;
+        let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.metrics_listen))?;
+        let options = ControllerOptions {
+            namespace: args.namespace,
+            resync: Duration::from_secs(args.resync_seconds.max(1)),
+            writes_per_second: args.writes_per_second,
+        };
+        let (metrics, ready) = (SyncMetrics::new(), Arc::new(AtomicBool::new(false)));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut stop_rx = stop_rx.clone();
+            async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            }
+        };
+        // Everything runs under one set: the first task to end, for whatever reason, stops
+        // the rest, and only a signal counts as a clean stop.
+        let mut tasks = JoinSet::new();
+        match (args.policy, args.policy_configmap, loaded) {
+            (Some(path), _, Some(text)) => {
+                tasks.spawn(source::watch_file(path, text, store.clone(), Duration::from_millis(500)));
+            }
+            (_, Some(configmap), _) => {
+                tasks.spawn(source::watch_configmap(client.clone(), configmap, store.clone()));
+            }
+            _ => anyhow::bail!("no policy source"),
+        }
+        tasks.spawn(controller::run(client, store.clone(), options, metrics.clone(), ready.clone(), stopped()));
+        let operations = controller::serve_operations(listener, store, metrics, ready, stopped());
+        tasks.spawn(async move {
+            if let Err(e) = operations.await {
+                tracing::error!(target: "registry_gate::controller", error = %e, "operations server failed");
+            }
+        });
+        let signal = super::serve::shutdown_signal();
+        let failed = tokio::select! {
+            () = signal => false,
+            ended = tasks.join_next() => {
+                tracing::error!(target: "registry_gate::controller", panicked = ended.is_some_and(|e| e.is_err()), "a task stopped; shutting down");
+                true
+            }
+        };
+        let _ = stop_tx.send(true);
+        if tokio::time::timeout(Duration::from_secs(20), async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+            tasks.abort_all();
+        }
+        if failed {
+            anyhow::bail!("a controller task stopped unexpectedly");
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -10,8 +10,10 @@
 #      cause: the caBundle is the CA; Pod and workload writes are refused while the webhook
 #      cannot be reached (fail closed); exempt namespaces are never sent to the webhooks; the
 #      policy ConfigMap can still be changed (its webhook fails open); metadata-only updates and
-#      mirror Pods are handled by the matchConditions; the Deployment's Pod passes Pod Security
-#      "restricted"; and the ServiceAccount has exactly the permissions manifests/README.md lists.
+#      mirror Pods are handled by the matchConditions; both Deployments' Pods pass Pod Security
+#      "restricted"; the controller runs as one replica replaced with Recreate; and the two
+#      ServiceAccounts (webhook, controller) have exactly the permissions manifests/README.md
+#      lists: the webhook none on Secrets, the controller nothing beyond its RBAC table.
 #
 # There is no registry-gate server behind the Service here, so every webhook call fails; that
 # is what the failurePolicy checks rely on.
@@ -116,11 +118,11 @@ configMapGenerator:
       - policy.yaml=my-policy.yaml
 patches:
   - target:
-      labelSelector: registry-gate.io/optional=secret-sync
+      labelSelector: app.kubernetes.io/component=controller
     patch: |-
       $patch: delete
-      apiVersion: rbac.authorization.k8s.io/v1
-      kind: ClusterRole
+      apiVersion: apps/v1
+      kind: Deployment
       metadata:
         name: any
 EOF
@@ -133,12 +135,13 @@ for dir in base overlays/cert-manager overlays/self-managed overlays/example-cus
 done
 example_overlay_as_documented() {
   local out="${WORK}/overlays-example-custom.yaml"
-  ! grep -q 'secret-sync' "${out}" &&
+  ! grep -q 'registry-gate-controller' "${out}" &&
+    ! grep -q '^kind: ClusterRole' "${out}" &&
     grep -q 'image: ghcr.io/registry-gate/registry-gate:0.1.1' "${out}" &&
     grep -q 'registry-gate.io/policy: "true"' "${out}" &&
     grep -q 'name: registry-gate-policy$' "${out}"
 }
-check "README example overlay: no secret-sync objects, image tag and policy replaced, label kept" \
+check "README example overlay: no controller objects, image tag and policy replaced, label kept" \
   example_overlay_as_documented
 self_managed_ca_bundle_filled() {
   [[ "$(grep -c 'caBundle:' "${WORK}/overlays-self-managed.yaml")" == 3 ]]
@@ -164,9 +167,9 @@ only_cert_manager_kinds_unknown() {
   other="$(grep -v -e 'serverside-applied (server dry run)' -e 'no matches for kind' \
     -e '^ensure CRDs are installed first' <<<"${out}" | grep -c .)"
   echo "accepted: ${accepted}, unknown cert-manager kinds: ${unknown}, other lines: ${other}"
-  [[ "${accepted}" == 14 && "${unknown}" == 2 && "${other}" == 0 ]]
+  [[ "${accepted}" == 17 && "${unknown}" == 2 && "${other}" == 0 ]]
 }
-check "dry-run without CRDs: overlays/cert-manager (all 14 objects of the base accepted)" \
+check "dry-run without CRDs: overlays/cert-manager (all 17 objects of the base accepted)" \
   only_cert_manager_kinds_unknown
 
 # module_dir MODULE VERSION: the module's directory in the Go module cache, downloaded if needed.
@@ -224,9 +227,10 @@ no_webhook_configurations_yet() {
   local out
   out="$(k get validatingwebhookconfigurations,mutatingwebhookconfigurations -o name)"
   echo "webhook configurations: ${out:-none}"
-  [[ -z "${out}" ]] && k -n registry-gate get deployment/registry-gate configmap/registry-gate-policy -o name
+  [[ -z "${out}" ]] && k -n registry-gate get deployment/registry-gate \
+    deployment/registry-gate-controller configmap/registry-gate-policy -o name
 }
-check "step 1 created the Deployment and the policy, and no webhook configuration" \
+check "step 1 created both Deployments and the policy, and no webhook configuration" \
   no_webhook_configurations_yet
 check "apply for real, step 2: manifests/overlays/self-managed (everything)" \
   k apply --server-side --validate=strict -k "${M}/overlays/self-managed"
@@ -321,53 +325,175 @@ refused "namespaceSelector: a registry-gate.io/ignore=true label exempts nothing
   'failed calling webhook "pull-secrets\.registry-gate\.io"' labelled_namespace
 check "fail open: an UPDATE of the policy ConfigMap is admitted while the webhook is unreachable" \
   k -n registry-gate annotate configmap registry-gate-policy validate.registry-gate.io/touched=yes
-template_pod() {
-  k -n registry-gate get deployment registry-gate -o json |
-    jq '{apiVersion: "v1", kind: "Pod",
-         metadata: {name: "template-check", namespace: "registry-gate", labels: .spec.template.metadata.labels},
+template_pod() { # DEPLOYMENT: create a Pod from its Pod template
+  k -n registry-gate get deployment "$1" -o json |
+    jq --arg name "$1-template-check" '{apiVersion: "v1", kind: "Pod",
+         metadata: {name: $name, namespace: "registry-gate", labels: .spec.template.metadata.labels},
          spec: .spec.template.spec}' |
     k create -f -
 }
 if command -v jq >/dev/null; then
-  check "Pod Security restricted (enforced on registry-gate): the Deployment's Pod template is admitted as a Pod" \
-    template_pod
+  for d in registry-gate registry-gate-controller; do
+    check "Pod Security restricted (enforced on registry-gate): Deployment ${d}'s Pod template is admitted as a Pod" \
+      template_pod "${d}"
+  done
 else
-  skip "Pod Security check of the Deployment's Pod template" "needs jq"
+  skip "Pod Security check of the Deployments' Pod templates" "needs jq"
 fi
 refused "Pod Security restricted: a privileged Pod in registry-gate is refused" \
   'violates PodSecurity "restricted' pod registry-gate privileged --privileged
+# One controller at a time: a rollout must stop the old Pod before starting the new one, and
+# no PodDisruptionBudget may select the controller (with one replica it would block drains).
+controller_runs_alone() {
+  local got pdbs
+  got="$(k -n registry-gate get deployment registry-gate-controller \
+    -o jsonpath='replicas={.spec.replicas} strategy={.spec.strategy.type} account={.spec.template.spec.serviceAccountName}')"
+  echo "${got}"
+  pdbs="$(k -n registry-gate get pdb -o jsonpath='{range .items[*]}{.metadata.name}: {.spec.selector.matchLabels}{"\n"}{end}')"
+  echo "${pdbs}"
+  [[ "${got}" == "replicas=1 strategy=Recreate account=registry-gate-controller" ]] &&
+    ! grep -q '"app.kubernetes.io/component":"controller"' <<<"${pdbs}"
+}
+check "controller Deployment: 1 replica, strategy Recreate, its own ServiceAccount, no PodDisruptionBudget" \
+  controller_runs_alone
 
-# --- RBAC: what the ServiceAccount may and may not do. --------------------------------------------
-SA=system:serviceaccount:registry-gate:registry-gate
-can() { # yes|no VERB RESOURCE [NAMESPACE]
-  local want="$1" got
-  got="$(k auth can-i "$2" "$3" ${4:+-n "$4"} --as="${SA}" 2>/dev/null)"
-  echo "can-i $2 $3 ${4:+-n $4}: ${got}"
+# --- RBAC: what the two ServiceAccounts may and may not do. ----------------------------------------
+WEBHOOK=system:serviceaccount:registry-gate:registry-gate
+CONTROLLER=system:serviceaccount:registry-gate:registry-gate-controller
+# An account with no binding of its own: what every ServiceAccount may do anyway (discovery,
+# self-reviews), which the exact comparisons below leave out.
+NOBODY=system:serviceaccount:registry-gate:validate-no-bindings
+can() { # WHO yes|no VERB RESOURCE [NAMESPACE; "*" for all namespaces]
+  local who="$1" want="$2" verb="$3" resource="$4" ns="${5:-}" scope=() got
+  case "${ns}" in
+    "") ;;
+    "*") scope=(--all-namespaces) ;;
+    *) scope=(-n "${ns}") ;;
+  esac
+  got="$(k auth can-i "${verb}" "${resource}" "${scope[@]}" --as="${who}" 2>/dev/null)"
+  echo "${who##*:} can-i ${verb} ${resource} ${ns:+in ${ns}}: ${got}"
   [[ "${got}" == "${want}" ]]
 }
-can_all() { # yes|no RESOURCE NAMESPACE VERB...
-  local want="$1" resource="$2" ns="$3" verb
-  shift 3
-  for verb in "$@"; do can "${want}" "${verb}" "${resource}" "${ns}" || return 1; done
+can_all() { # WHO yes|no RESOURCE NAMESPACE VERB...
+  local who="$1" want="$2" resource="$3" ns="$4" verb
+  shift 4
+  for verb in "$@"; do can "${who}" "${want}" "${verb}" "${resource}" "${ns}" || return 1; done
 }
-check "RBAC: get configmap/registry-gate-policy in registry-gate" can yes get configmap/registry-gate-policy registry-gate
-check "RBAC: no get of any other ConfigMap by name" can no get configmap/other registry-gate
-check "RBAC: list and watch ConfigMaps in registry-gate" can_all yes configmaps registry-gate list watch
-check "RBAC: no ConfigMaps outside registry-gate" can_all no configmaps default get list watch
-check "RBAC: no writes to the policy" can_all no configmap/registry-gate-policy registry-gate update patch delete
-check "RBAC: create and patch Events (core) in registry-gate" can_all yes events registry-gate create patch
-check "RBAC: create and patch Events (events.k8s.io) in registry-gate" \
-  can_all yes events.events.k8s.io registry-gate create patch
-check "RBAC: no Events elsewhere" can no create events default
-check "RBAC (optional secret sync): get/list/watch Secrets in registry-gate" \
-  can_all yes secrets registry-gate get list watch
-check "RBAC (optional secret sync): get/create/update/delete Secrets in any namespace" \
-  can_all yes secrets default get create update delete
-check "RBAC (optional secret sync): no list, watch or patch of Secrets in other namespaces" \
-  can_all no secrets default list watch patch
-check "RBAC: nothing on Pods or workloads" can_all no pods default create update
-check "RBAC: nothing on webhook configurations" \
-  can_all no validatingwebhookconfigurations.admissionregistration.k8s.io "" update patch
+# rules WHO NAMESPACE: the resource rules `kubectl auth can-i --list` shows for WHO beyond those of
+# an account without bindings, one per line, columns separated by single spaces.
+rules() {
+  local who="$1" ns="$2"
+  rule_lines() {
+    k auth can-i --list -n "${ns}" --as="$1" | awk 'NR > 1 && $1 !~ /^\[/ { $1 = $1; print }' | sort
+  }
+  comm -23 <(rule_lines "${who}") <(rule_lines "${NOBODY}")
+}
+# exactly_rules WHO NAMESPACE < EXPECTED: the rules are exactly the expected lines, in any order.
+exactly_rules() {
+  local got want
+  want="$(sort)"
+  got="$(rules "$1" "$2")" || return 1
+  echo "${got:-(no rules)}"
+  [[ "${got}" == "${want}" ]] || { echo "--- expected:"; echo "${want:-(no rules)}"; return 1; }
+}
+
+# The webhook: the policy ConfigMap and Events in registry-gate, nothing on Secrets anywhere.
+check "RBAC webhook: get configmap/registry-gate-policy in registry-gate" \
+  can "${WEBHOOK}" yes get configmap/registry-gate-policy registry-gate
+check "RBAC webhook: no get of any other ConfigMap by name" \
+  can "${WEBHOOK}" no get configmap/other registry-gate
+check "RBAC webhook: list and watch ConfigMaps in registry-gate" \
+  can_all "${WEBHOOK}" yes configmaps registry-gate list watch
+check "RBAC webhook: no ConfigMaps outside registry-gate" \
+  can_all "${WEBHOOK}" no configmaps default get list watch
+check "RBAC webhook: no writes to the policy" \
+  can_all "${WEBHOOK}" no configmap/registry-gate-policy registry-gate update patch delete
+check "RBAC webhook: create and patch Events (core) in registry-gate" \
+  can_all "${WEBHOOK}" yes events registry-gate create patch
+check "RBAC webhook: create and patch Events (events.k8s.io) in registry-gate" \
+  can_all "${WEBHOOK}" yes events.events.k8s.io registry-gate create patch
+check "RBAC webhook: no Events elsewhere" can "${WEBHOOK}" no create events default
+for ns in registry-gate default kube-system "*"; do
+  check "RBAC webhook: nothing on Secrets in ${ns/#\*/all namespaces}" \
+    can_all "${WEBHOOK}" no secrets "${ns}" get list watch create update patch delete
+done
+check "RBAC webhook: nothing on Pods or workloads" \
+  can_all "${WEBHOOK}" no pods default create update
+check "RBAC webhook: nothing on webhook configurations" \
+  can_all "${WEBHOOK}" no validatingwebhookconfigurations.admissionregistration.k8s.io "" update patch
+check "RBAC webhook: exactly the rules of the table in default (none)" \
+  exactly_rules "${WEBHOOK}" default </dev/null
+check "RBAC webhook: exactly the rules of the table in registry-gate" \
+  exactly_rules "${WEBHOOK}" registry-gate <<'EOF'
+configmaps [] [registry-gate-policy] [get]
+configmaps [] [] [list watch]
+events [] [] [create patch]
+events.events.k8s.io [] [] [create patch]
+EOF
+
+# The controller: Secrets and Events everywhere, Namespaces read-only, two ConfigMaps.
+check "RBAC controller: get/list/watch/create/update/patch/delete Secrets in another namespace" \
+  can_all "${CONTROLLER}" yes secrets default get list watch create update patch delete
+check "RBAC controller: get/list/watch the source Secrets in registry-gate" \
+  can_all "${CONTROLLER}" yes secrets registry-gate get list watch
+check "RBAC controller: list and watch Secrets across all namespaces (its copies, by label)" \
+  can_all "${CONTROLLER}" yes secrets "*" list watch
+check "RBAC controller: no deletecollection of Secrets" \
+  can "${CONTROLLER}" no deletecollection secrets default
+check "RBAC controller: get/list/watch Namespaces" \
+  can_all "${CONTROLLER}" yes namespaces "" get list watch
+check "RBAC controller: no create/update/patch/delete of Namespaces" \
+  can_all "${CONTROLLER}" no namespaces "" create update patch delete
+check "RBAC controller: create and patch Events (core) in another namespace" \
+  can_all "${CONTROLLER}" yes events default create patch
+check "RBAC controller: create and patch Events (events.k8s.io) in another namespace" \
+  can_all "${CONTROLLER}" yes events.events.k8s.io default create patch
+check "RBAC controller: get configmap/registry-gate-policy in registry-gate" \
+  can "${CONTROLLER}" yes get configmap/registry-gate-policy registry-gate
+check "RBAC controller: list and watch ConfigMaps in registry-gate" \
+  can_all "${CONTROLLER}" yes configmaps registry-gate list watch
+check "RBAC controller: no writes to the policy" \
+  can_all "${CONTROLLER}" no configmap/registry-gate-policy registry-gate update patch delete
+check "RBAC controller: create ConfigMaps in registry-gate (cannot be held to one name)" \
+  can "${CONTROLLER}" yes create configmaps registry-gate
+check "RBAC controller: get/update/patch configmap/registry-gate-sync-status" \
+  can_all "${CONTROLLER}" yes configmap/registry-gate-sync-status registry-gate get update patch
+check "RBAC controller: no delete of configmap/registry-gate-sync-status" \
+  can "${CONTROLLER}" no delete configmap/registry-gate-sync-status registry-gate
+check "RBAC controller: no get, update or patch of any other ConfigMap by name" \
+  can_all "${CONTROLLER}" no configmap/other registry-gate get update patch
+check "RBAC controller: no ConfigMaps outside registry-gate" \
+  can_all "${CONTROLLER}" no configmaps default get list watch create
+check "RBAC controller: nothing on Pods" can_all "${CONTROLLER}" no pods default create update delete
+check "RBAC controller: nothing on workloads, its own Deployment included" \
+  can_all "${CONTROLLER}" no deployments.apps registry-gate update patch
+check "RBAC controller: nothing on validating webhook configurations" \
+  can_all "${CONTROLLER}" no validatingwebhookconfigurations.admissionregistration.k8s.io "" update patch delete
+check "RBAC controller: nothing on mutating webhook configurations" \
+  can_all "${CONTROLLER}" no mutatingwebhookconfigurations.admissionregistration.k8s.io "" update patch delete
+check "RBAC controller: no RoleBindings" \
+  can_all "${CONTROLLER}" no rolebindings.rbac.authorization.k8s.io registry-gate create update
+check "RBAC controller: no bind or escalate of ClusterRoles" \
+  can_all "${CONTROLLER}" no clusterroles.rbac.authorization.k8s.io "" bind escalate update
+check "RBAC controller: no ServiceAccount tokens" \
+  can "${CONTROLLER}" no create serviceaccounts/token registry-gate
+check "RBAC controller: exactly the rules of the table in another namespace" \
+  exactly_rules "${CONTROLLER}" default <<'EOF'
+events [] [] [create patch]
+events.events.k8s.io [] [] [create patch]
+namespaces [] [] [get list watch]
+secrets [] [] [get list watch create update patch delete]
+EOF
+check "RBAC controller: exactly the rules of the table in registry-gate" \
+  exactly_rules "${CONTROLLER}" registry-gate <<'EOF'
+configmaps [] [registry-gate-policy] [get]
+configmaps [] [registry-gate-sync-status] [get update patch]
+configmaps [] [] [list watch create]
+events [] [] [create patch]
+events.events.k8s.io [] [] [create patch]
+namespaces [] [] [get list watch]
+secrets [] [] [get list watch create update patch delete]
+EOF
 
 echo
 echo "${passed} passed, ${failed} failed, ${skipped} skipped"

@@ -8,12 +8,15 @@ CARGO ?= cargo
 run:
 	$(CARGO) run --release -- serve --listen 127.0.0.1:8443 --metrics-listen 127.0.0.1:9090 --log-format text
 
-# Everything that proves registry-gate: unit, property, vector, CLI, HTTPS integration tests, and
-# the end-to-end suite against a real kube-apiserver + etcd (built once from the Go module proxy
-# into ~/.cache/registry-gate, about 13 minutes cold; seconds when cached).
+# Everything that proves registry-gate: unit, property, vector, differential (against Go's own
+# parser, built from the Go module proxy), CLI, HTTPS integration tests, the end-to-end suite
+# against a real kube-apiserver + etcd (built once from the Go module proxy into
+# ~/.cache/registry-gate, about 13 minutes cold; seconds when cached), and the manifests
+# installed into that API server (manifests/validate.sh).
 test: controlplane
 	REGISTRY_GATE_CONTROLPLANE_BIN="$$(tests/controlplane/build.sh | tail -n 1)" \
 		$(CARGO) test --locked --lib --bins --tests
+	manifests/validate.sh
 
 controlplane:
 	tests/controlplane/build.sh

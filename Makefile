@@ -1,7 +1,7 @@
 # The entry points a newcomer and CI use. `make run` and `make test` are the README's two commands.
 CARGO ?= cargo
 
-.PHONY: run test controlplane lint bench
+.PHONY: run test controlplane lint deny fuzz bench
 
 # The webhook on https://127.0.0.1:8443 (metrics on :9090) with the bundled default policy and
 # development certificates generated into certs/ on first run.
@@ -24,6 +24,11 @@ controlplane:
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+# Licenses, banned crates (a second crypto provider among them) and sources: deny.toml.
+deny:
+	command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny --locked
+	$(CARGO) deny --locked check licenses bans sources
 
 bench:
 	$(CARGO) bench --bench decision

@@ -210,3 +210,24 @@ fn public_suffix_wildcards_are_refused_with_their_line() {
     let text = error.to_string();
     assert!(text.contains("line 4") && text.contains("co.uk is a public suffix"), "{text}");
 }
+
+#[test]
+fn kubelet_credentials_take_no_pull_secret() {
+    let policy = policy_with(
+        "registries:\n  - {name: ecr, type: ECR, url: 123456789012.dkr.ecr.us-east-1.amazonaws.com, credentials: kubelet}\n",
+    )
+    .expect("valid");
+    assert!(policy.registries[0].node_credentials && policy.registries[0].pull_secret.is_none());
+    let error = policy_with(
+        "registries:\n  - {name: ecr, type: ECR, url: 123456789012.dkr.ecr.us-east-1.amazonaws.com, credentials: kubelet, pullSecret: ecr}\n",
+    )
+    .expect_err("both");
+    assert!(error.to_string().contains("leave pullSecret out"), "{error}");
+    let error = policy_with("registries:\n  - {name: ecr, type: ECR, url: 123456789012.dkr.ecr.us-east-1.amazonaws.com, credentials: node}\n")
+        .expect_err("unknown value");
+    assert!(error.to_string().contains("registries[0].credentials"), "{error}");
+    let document = as_json(
+        "apiVersion: registry-gate.io/v1\nkind: RegistryPolicy\nregistries:\n  - {name: ecr, type: ECR, url: 123456789012.dkr.ecr.us-east-1.amazonaws.com, credentials: kubelet, pullSecret: ecr}\n",
+    );
+    assert!(!schema().is_valid(&document), "the schema refuses both too");
+}

@@ -49,13 +49,14 @@ fn validate(path: &Path) -> anyhow::Result<ExitCode> {
     );
     for registry in &policy.registries {
         let secret = match (&registry.pull_secret, registry.registry_type.credentials()) {
+            _ if registry.node_credentials => "node credentials (kubelet credential provider)".to_owned(),
             (Some(secret), Some(credentials)) => {
                 format!(
                     "pull secret {secret} (username: {}; password: {})",
                     credentials.username, credentials.password
                 )
             }
-            (None, Some(_)) => "no pull secret (node credentials or anonymous)".to_owned(),
+            (None, Some(_)) => "no pull secret: anonymous pulls".to_owned(),
             (_, None) => "anonymous".to_owned(),
         };
         let scope = match &registry.namespaces {

@@ -251,7 +251,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 const POLICY_FIELDS: &[&str] =
     &["apiVersion", "kind", "mode", "shortNameRegistry", "exemptNamespaces", "registries", "deny"];
-const REGISTRY_FIELDS: &[&str] = &["name", "type", "url", "pullSecret", "namespaces", "description"];
+const REGISTRY_FIELDS: &[&str] =
+    &["name", "type", "url", "pullSecret", "credentials", "namespaces", "description"];
 const DENY_FIELDS: &[&str] = &["url", "reason"];
 
 fn decode_policy(root: &Node, problems: &mut Problems) -> Option<Policy> {
@@ -402,6 +403,29 @@ fn decode_registry(node: &Node, index: usize, problems: &mut Problems) -> Option
             );
         }
     }
+    let node_credentials = match fields.string("credentials", problems) {
+        None => false,
+        Some("kubelet") => true,
+        Some(other) => {
+            let line = fields.get("credentials").map_or(fields.line, |n| n.line);
+            problems.add(
+                &fields.field_path("credentials"),
+                line,
+                format!(
+                    "is {other:?}; the one value is \"kubelet\" (the nodes get the credentials themselves)"
+                ),
+            );
+            false
+        }
+    };
+    if node_credentials && pull_secret.is_some() {
+        let line = fields.get("credentials").map_or(fields.line, |n| n.line);
+        problems.add(
+            &fields.field_path("credentials"),
+            line,
+            "is kubelet, so the nodes bring the credentials: leave pullSecret out",
+        );
+    }
     let namespaces = fields.namespace_patterns("namespaces", problems).map(|(patterns, line)| {
         if patterns.is_empty() {
             problems.add(
@@ -419,6 +443,7 @@ fn decode_registry(node: &Node, index: usize, problems: &mut Problems) -> Option
         url: url?.0.to_owned(),
         pattern: pattern?,
         pull_secret: pull_secret.map(str::to_owned),
+        node_credentials,
         namespaces,
         line: node.line,
         position: index,

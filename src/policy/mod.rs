@@ -51,6 +51,9 @@ pub struct Registry {
     pub pattern: RegistryPattern,
     /// A `kubernetes.io/dockerconfigjson` Secret name, injected into Pods that use this registry.
     pub pull_secret: Option<String>,
+    /// `credentials: kubelet`: the nodes get this registry's credentials themselves (a kubelet
+    /// credential provider), so no pull secret is injected or copied, and none may be named.
+    pub node_credentials: bool,
     /// Namespaces allowed to pull from it; `None` for all.
     pub namespaces: Option<Vec<NamespacePattern>>,
     /// Where the entry starts in the policy document.

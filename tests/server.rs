@@ -322,6 +322,28 @@ async fn an_update_checks_only_images_the_old_object_did_not_have() {
 }
 
 #[tokio::test]
+async fn an_update_of_a_large_pod_names_only_its_new_images() {
+    let server = TestServer::start(POLICY).await;
+    let containers = |n: usize| -> Vec<Value> {
+        (0..n)
+            .map(|i| json!({"name": format!("c{i}"), "image": format!("legacy{i}.example.com/app:1")}))
+            .collect()
+    };
+    let mut old = object("pod");
+    old["spec"]["ephemeralContainers"] = json!(containers(5_000));
+    let mut new = old.clone();
+    let mut ephemeral = containers(5_000);
+    ephemeral.push(json!({"name": "debug", "image": "evil.example.com/debug"}));
+    new["spec"]["ephemeralContainers"] = json!(ephemeral);
+    let answer = server.review("/validate", &review("Pod", "UPDATE", &new, Some(&old))).await;
+    assert_eq!(response(&answer)["allowed"], false);
+    let text = message(&answer);
+    assert!(text.contains("uses an image") && text.contains("evil.example.com/debug"), "{text}");
+    assert!(!text.contains("legacy"), "images the old object had are not checked again: {text}");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn namespace_scope_and_exemptions() {
     let server = TestServer::start(POLICY).await;
     let mut pod = object("pod");

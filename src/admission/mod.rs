@@ -282,13 +282,17 @@ fn previous_images<'o>(
 
 fn mutate(request: &Request<'_>, spec: &PodSpec<'_>, snapshot: &PolicySnapshot) -> Answer {
     let policy = &snapshot.policy;
-    let existing: Vec<&str> = spec.image_pull_secrets.iter().filter_map(|s| s.name.as_deref()).collect();
+    // Sets, not lists: a hostile Pod may carry tens of thousands of images and pull secrets,
+    // and a scan per image would be quadratic.
+    let existing: std::collections::BTreeSet<&str> =
+        spec.image_pull_secrets.iter().filter_map(|s| s.name.as_deref()).collect();
+    let mut added = std::collections::BTreeSet::new();
     let mut missing: Vec<(&str, &Registry)> = Vec::new();
     for (_, image) in spec.images(WorkloadKind::Pod.spec_path()) {
         let Ok(reference) = Reference::parse(image) else { continue };
         if let Decision::Allowed(registry) = policy.decide(&reference, request.namespace()) {
             if let Some(secret) = registry.pull_secret.as_deref() {
-                if !existing.contains(&secret) && !missing.iter().any(|(s, _)| *s == secret) {
+                if !existing.contains(secret) && added.insert(secret) {
                     missing.push((secret, registry));
                 }
             }

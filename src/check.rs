@@ -61,6 +61,9 @@ pub enum ManifestError {
     /// The object's Pod spec does not have the shape Kubernetes gives it.
     #[error("{object} (line {line}): {source}")]
     Shape { object: String, line: usize, source: serde_json::Error },
+    /// A list's `items` is not a list of objects, which kubectl would refuse too.
+    #[error("document {document} (line {line}): {what}")]
+    BadList { document: usize, line: usize, what: String },
 }
 
 /// Checks one image string as if it sat in a Pod in `namespace`.
@@ -113,7 +116,8 @@ fn reference_report(reference: &Reference<'_>) -> ReferenceReport {
 }
 
 /// Checks every image of every Pod and workload in a multi-document YAML (or JSON) manifest;
-/// `List` objects are opened, other kinds are skipped.
+/// other kinds are skipped. Lists are opened as kubectl opens them: any object with `items`
+/// (`List`, `PodList`, `DeploymentList`, ...), lists within lists included.
 pub fn check_manifests(
     policy: &Policy,
     text: &str,
@@ -125,15 +129,25 @@ pub fn check_manifests(
         if object.is_null() {
             continue; // an empty document, as between two `---`
         }
-        let items = match object.get("kind").and_then(|k| k.as_str()) {
-            Some("List") => object.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default(),
-            Some(_) => vec![object],
-            None => {
+        let at = |what: String| ManifestError::BadList { document: index + 1, line: document.line, what };
+        // Depth-first through nested lists; YAML's own depth limit bounds the nesting.
+        let mut pending = vec![object];
+        while let Some(object) = pending.pop() {
+            if object.get("kind").and_then(|k| k.as_str()).is_none() {
                 return Err(ManifestError::NoKind { document: index + 1, line: document.line });
             }
-        };
-        for item in &items {
-            check_object(policy, item, default_namespace, document.line, &mut reports)?;
+            match object.get("items") {
+                None => check_object(policy, &object, default_namespace, document.line, &mut reports)?,
+                Some(serde_json::Value::Array(items)) => {
+                    for item in items.iter().rev() {
+                        if !item.is_object() {
+                            return Err(at(format!("a list item is {item}, not an object")));
+                        }
+                        pending.push(item.clone());
+                    }
+                }
+                Some(other) => return Err(at(format!("items is {other}, not a list"))),
+            }
         }
     }
     Ok(reports)

@@ -49,6 +49,16 @@ pub const ALIAS_NODE_ALLOWANCE: usize = 10_000;
 /// Bounded: at most [`MAX_DEPTH`] levels, and at most one node per byte of text plus
 /// [`ALIAS_NODE_ALLOWANCE`], however the text uses aliases.
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
+    // YAML allows only printable characters (YAML 1.2, c-printable). The parser stops at a NUL
+    // without an error, which silently cut a policy (or a manifest) short: every deny rule
+    // after it was gone.
+    if let Some((offset, c)) = text.char_indices().find(|(_, c)| !is_printable(*c)) {
+        let line = text[..offset].matches('\n').count() + 1;
+        let column = text[..offset].rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let message =
+            format!("contains the control character U+{:04X}, which YAML does not allow", u32::from(c));
+        return Err(SyntaxError { line, column, message });
+    }
     let mut builder =
         TreeBuilder { node_budget: text.len() + ALIAS_NODE_ALLOWANCE, ..TreeBuilder::default() };
     // The parser's own `load` walks nested collections recursively (100,000 `[` overflow the
@@ -69,6 +79,12 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
             return Ok(builder.documents);
         }
     }
+}
+
+/// YAML 1.2's `c-printable`: tab, line breaks, and the printable ranges of Unicode.
+fn is_printable(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{7E}' | '\u{85}' | '\u{A0}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}')
+        || c >= '\u{10000}'
 }
 
 impl Node {
@@ -286,6 +302,16 @@ mod tests {
         assert!(parse_documents(&ok).is_ok());
         let too_deep = format!("{}x{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
         assert!(parse_documents(&too_deep).expect_err("refused").message.contains("nests deeper than 128"));
+    }
+
+    #[test]
+    fn control_characters_are_refused_with_their_position() {
+        // A NUL used to end the document silently, dropping everything after it.
+        let error = parse_documents("a: 1\nb: x\u{0}y\ndeny: [z]\n").expect_err("NUL");
+        assert_eq!((error.line, error.column), (2, 5), "{error}");
+        assert!(error.message.contains("U+0000"), "{error}");
+        assert!(parse_documents("a: \u{7}\n").is_err(), "BEL");
+        assert!(parse_documents("a: \"tab\there\"\r\nb: é ✓ 𝄞\n").is_ok());
     }
 
     #[test]

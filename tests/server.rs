@@ -711,6 +711,27 @@ async fn a_denial_flood_is_bounded_in_answer_size_and_log_volume() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn long_strings_are_clipped_in_answers() {
+    let server = TestServer::start(POLICY).await;
+    // Twenty 150 KB image strings made a 3 MB answer; backslashes, escaped, doubled it.
+    for (unit, times) in [("a", 140_000), ("\\", 70_000)] {
+        let mut pod = object("pod");
+        let containers: Vec<Value> =
+            (0..20).map(|i| json!({"name": format!("c{i}"), "image": unit.repeat(times)})).collect();
+        pod["spec"]["containers"] = json!(containers);
+        let body = serde_json::to_vec(&review("Pod", "CREATE", &pod, None)).expect("JSON");
+        assert!(body.len() > 2_500_000 && body.len() <= 3 * 1024 * 1024, "{} bytes", body.len());
+        let (status, answer) = server.client().await.post("/validate", body).await;
+        assert_eq!(status, 200);
+        assert!(answer.len() < 64 * 1024, "a {} byte answer", answer.len());
+        let answer: Value = serde_json::from_slice(&answer).expect("review");
+        let clipped = format!("({times} bytes in all)");
+        assert!(message(&answer).contains(&clipped), "{}", &message(&answer)[..300]);
+    }
+    server.stop().await;
+}
+
 fn evil_pod() -> Value {
     let mut pod = object("pod");
     pod["spec"]["containers"][0]["image"] = json!("evil.example.com/miner");

@@ -137,14 +137,17 @@ const LOGGED_OTHERS: usize = 9;
 
 /// Fail closed: an object whose images cannot be read is denied.
 pub fn unreadable(uid: &str, kind: &str, name: &str, why: &str) -> Answer {
+    // The reader's words may quote the offending value whole (serde's "invalid type: string
+    // ..."), and kind and name come from the client: all three are clipped.
+    let (kind, name, why) = (clip(kind), clip(name), clip(why));
     let message = format!("registry-gate cannot check {kind} {name:?}: {why}");
     if let Some(permit) = audit::AUDIT_LINES.permit() {
         tracing::warn!(
             target: "registry_gate::audit",
             uid,
-            kind,
-            name,
-            reason = why,
+            kind = %kind,
+            name = %name,
+            reason = %why,
             suppressed_before = permit.suppressed_before,
             "denied: object unreadable"
         );
@@ -161,8 +164,22 @@ struct Problem<'r> {
 
 impl std::fmt::Display for Problem<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {:?}: {}", self.location, self.image, self.reason)
+        write!(f, "{} {:?}: {}", self.location, clip(self.image), clip(&self.reason))
     }
+}
+
+/// The longest image or reason quoted back in an answer or a log line. A valid reference is
+/// under 800 bytes; an invalid one can be a whole 3 MiB body, which quoted twenty times (and
+/// escaped) made a 6 MB answer and a 1.5 MB log line.
+const QUOTED_MAX_BYTES: usize = 512;
+
+/// `text`, cut at [`QUOTED_MAX_BYTES`] on a character boundary, saying how much was left out.
+fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= QUOTED_MAX_BYTES {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let cut = (0..=QUOTED_MAX_BYTES).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+    std::borrow::Cow::Owned(format!("{}… ({} bytes in all)", &text[..cut], text.len()))
 }
 
 fn validate(
@@ -206,18 +223,18 @@ fn validate(
             .iter()
             .skip(1)
             .take(LOGGED_OTHERS)
-            .map(|p| format!("{} {}", p.location, p.image))
+            .map(|p| format!("{} {}", p.location, clip(p.image)))
             .collect();
         tracing::warn!(
             target: "registry_gate::audit",
-            uid = request.uid(),
-            user = request.username(),
-            namespace,
-            kind = request.kind(),
-            name = request.name(),
+            uid = %clip(request.uid()),
+            user = %clip(request.username()),
+            namespace = %clip(namespace),
+            kind = %clip(request.kind()),
+            name = %clip(request.name()),
             field = %first.location,
-            image = first.image,
-            reason = %first.reason,
+            image = %clip(first.image),
+            reason = %clip(&first.reason),
             denied_images = denied,
             others = others.join("; "),
             decision = if policy.mode == Mode::Audit { "audited" } else { "denied" },
@@ -318,9 +335,9 @@ fn mutate(request: &Request<'_>, spec: &PodSpec<'_>, snapshot: &PolicySnapshot) 
     };
     tracing::info!(
         target: "registry_gate::audit",
-        uid = request.uid(),
-        namespace = request.namespace(),
-        name = request.name(),
+        uid = %clip(request.uid()),
+        namespace = %clip(request.namespace()),
+        name = %clip(request.name()),
         secrets = ?missing.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
         "pull secrets added"
     );

@@ -116,7 +116,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         PolicySource::ConfigMap { .. } => {}
     }
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    // 8 MiB worker stacks instead of 2: the JSON reader recurses once per nesting level (64 at
+    // most), about 120 bytes a level when optimized but about 32 KiB unoptimized, so a debug
+    // build (`cargo run`) would overflow 2 MiB at about 40 levels. Only touched pages cost
+    // memory.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(8 * 1024 * 1024)
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let mut options = ServeOptions::new(listen, metrics_listen, tls);
         limits.apply(&mut options);

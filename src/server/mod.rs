@@ -350,6 +350,13 @@ async fn validate_policy(State(state): State<Arc<WebhookState>>, body: Bytes) ->
     let metrics = state.store.metrics();
     let request = match Request::parse(&body) {
         Ok(request) => request,
+        // This webhook fails open (failurePolicy: Ignore, so an admin can always repair the
+        // policy), so a 400 would admit the edit: an unreadable object is denied instead.
+        Err(ReviewError::UnreadableObject { uid, kind, name, detail, .. }) => {
+            let answer = admission::unreadable(&uid, &kind, &name, &detail);
+            metrics.requests.with_label_values(&["unknown", "ConfigMap", answer.outcome.label()]).inc();
+            return json_response(answer.response.to_review_json());
+        }
         Err(e) => return malformed(metrics, &e),
     };
     let review = admission::answer_policy_review(&request);

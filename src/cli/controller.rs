@@ -92,6 +92,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             }
             _ => anyhow::bail!("no policy source"),
         }
+        tasks.spawn(controller::ecr::refresh(client.clone(), options.namespace.clone(), metrics.ecr()));
         tasks.spawn(controller::run(client, store.clone(), options, metrics.clone(), ready.clone(), stopped()));
         let operations = controller::serve_operations(listener, store, metrics, ready, stopped());
         tasks.spawn(async move {

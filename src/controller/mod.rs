@@ -12,11 +12,15 @@
 //!   namespace;
 //! - a slow full resync (`--resync-seconds`) as a backstop.
 //!
+//! ECR key Secrets in registry-gate's namespace are turned into fresh pull secrets before their
+//! tokens expire ([`ecr`]); the sync then carries them everywhere like any other source.
+//!
 //! Writes go through one rate limit (`--writes-per-second`), so a rotation across a thousand
 //! namespaces never floods the API server. Problems are reported once per change, not once per
 //! namespace: a source that fails its check gets one Warning Event on it, a conflict one in its
 //! namespace.
 
+pub mod ecr;
 pub mod sync;
 
 use std::collections::{BTreeMap, HashMap};
@@ -69,6 +73,8 @@ pub struct SyncMetrics {
     last_sync: IntGaugeVec,
     /// `registry_gate_pull_secret_writes_total`: creates, replaces and deletes.
     writes: IntCounter,
+    /// The ECR token refresh's own metrics (credential expiry, failures).
+    ecr: ecr::EcrMetrics,
 }
 
 impl SyncMetrics {
@@ -102,13 +108,18 @@ impl SyncMetrics {
         ] {
             registry.register(collector).expect("metric names are unique");
         }
-        SyncMetrics { registry, copies, last_sync, writes }
+        SyncMetrics { registry, copies, last_sync, writes, ecr: ecr::EcrMetrics::new() }
+    }
+
+    /// The ECR refresh's metrics, exported with these.
+    pub fn ecr(&self) -> ecr::EcrMetrics {
+        self.ecr.clone()
     }
 
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
-        String::from_utf8(buffer).unwrap_or_default()
+        String::from_utf8(buffer).unwrap_or_default() + &self.ecr.render()
     }
 }
 

@@ -25,6 +25,12 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
+# A short fuzz run of every cargo-fuzz target from its committed corpus (fuzz/run.sh);
+# FUZZ_SECONDS per target.
+FUZZ_SECONDS ?= 30
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh
+
 # Licenses, banned crates (a second crypto provider among them) and sources: deny.toml.
 deny:
 	command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny --locked

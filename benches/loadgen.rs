@@ -4,6 +4,18 @@
 //! Run: `cargo bench --bench loadgen` (about 50 s once built). It prints a Markdown
 //! report and writes it to `target/loadgen-results.md`; the figures go in benches/RESULTS.md.
 //!
+//! Two more modes, each under two minutes, each with a report of its own:
+//!
+//! - `cargo bench --bench loadgen -- abuse` (or `LOADGEN_MODE=abuse`): a well-behaved client
+//!   alone, then under a denial flood, slowloris, body tricklers and HTTP/2 stream abuse, then
+//!   against a client that fills the body budget; see `loadgen/abuse.rs`. Writes
+//!   `target/loadgen-abuse.md`.
+//! - `cargo bench --bench loadgen -- churn` (or `LOADGEN_MODE=churn`): policy reloads at 100/s
+//!   and certificate rotation every second under load, then SIGTERM under load; see
+//!   `loadgen/churn.rs`. Writes `target/loadgen-churn.md`.
+//!
+//! The built binary takes the same words: `target/release/deps/loadgen-HASH abuse`.
+//!
 //! What it does, all on 127.0.0.1, every loop bounded in time and count:
 //!
 //! 1. Writes development certificates (`registry-gate certs`), a policy of 10,000 registries
@@ -76,7 +88,16 @@ fn main() -> ExitCode {
     if let Some(at) = args.iter().position(|a| a == "--baseline-server") {
         return baseline::main(&args[at + 1..]);
     }
-    match run() {
+    let mode = std::env::var("LOADGEN_MODE").ok();
+    let chosen = |name: &str| args.iter().skip(1).any(|a| a == name) || mode.as_deref() == Some(name);
+    let outcome = if chosen("abuse") {
+        abuse::run()
+    } else if chosen("churn") {
+        churn::run()
+    } else {
+        run()
+    };
+    match outcome {
         Ok(0) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(e) => {
@@ -85,6 +106,15 @@ fn main() -> ExitCode {
         }
     }
 }
+
+// A bench's crate root looks for modules beside it, in benches/; these live under
+// benches/loadgen/ so as not to be taken for benches of their own.
+#[path = "loadgen/abuse.rs"]
+mod abuse;
+#[path = "loadgen/churn.rs"]
+mod churn;
+#[path = "loadgen/observe.rs"]
+mod observe;
 
 /// The whole measurement; returns the number of failed requests.
 fn run() -> anyhow::Result<u64> {
@@ -248,7 +278,7 @@ mod setup {
     }
 
     /// Runs a command to completion and returns its standard output, or fails with its stderr.
-    fn run_checked(command: &mut Command) -> anyhow::Result<String> {
+    pub fn run_checked(command: &mut Command) -> anyhow::Result<String> {
         let output = command.output().with_context(|| format!("cannot run {command:?}"))?;
         if !output.status.success() {
             bail!("{command:?} failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
@@ -438,8 +468,11 @@ mod servers {
     pub struct ServerProcess {
         pub name: &'static str,
         pub addr: SocketAddr,
+        /// registry-gate's operations port (/metrics); the baseline has none.
+        pub operations: Option<SocketAddr>,
         child: Child,
-        log: PathBuf,
+        /// Its standard output and error: registry-gate's log.
+        pub log: PathBuf,
     }
 
     impl ServerProcess {
@@ -447,12 +480,13 @@ mod servers {
             name: &'static str,
             mut command: Command,
             addr: SocketAddr,
+            operations: Option<SocketAddr>,
             log: PathBuf,
         ) -> anyhow::Result<Self> {
             let out = fs::File::create(&log)?;
             command.stdout(out.try_clone()?).stderr(out);
             let child = command.spawn().with_context(|| format!("cannot start {name}: {command:?}"))?;
-            Ok(ServerProcess { name, addr, child, log })
+            Ok(ServerProcess { name, addr, operations, child, log })
         }
 
         pub fn pid(&self) -> u32 {
@@ -485,6 +519,63 @@ mod servers {
         pub fn cpu_time(&self) -> anyhow::Result<Duration> {
             CpuClock::detect().read(self.pid())
         }
+
+        /// A shell, started now, that sends SIGTERM (what the kubelet sends) with its `kill`
+        /// builtin when fired: std has no way to send a signal, and kill(1) started on the
+        /// spot takes milliseconds to start before it signals, which blurs when the signal
+        /// lands. Dropped unfired, the shell reads end-of-file and signals nothing.
+        pub fn arm_terminate(&self) -> anyhow::Result<Trigger> {
+            let shell = Command::new("sh")
+                .args(["-c", r#"read -r _ && kill -TERM "$0""#, &self.pid().to_string()])
+                .stdin(Stdio::piped())
+                .spawn()
+                .context("cannot start sh")?;
+            Ok(Trigger { shell })
+        }
+
+        /// The exit status, once the server has exited, or `None` if it is still running
+        /// after `timeout`.
+        pub fn wait_for_exit(
+            &mut self,
+            timeout: Duration,
+        ) -> anyhow::Result<Option<std::process::ExitStatus>> {
+            let deadline = Instant::now() + timeout;
+            loop {
+                if let Some(status) = self.child.try_wait()? {
+                    return Ok(Some(status));
+                }
+                if Instant::now() >= deadline {
+                    return Ok(None);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    pub struct Trigger {
+        shell: Child,
+    }
+
+    impl Trigger {
+        /// Sends the signal; returns once the shell has exited, so the signal has been sent.
+        pub fn fire(mut self) -> anyhow::Result<()> {
+            let mut go = self.shell.stdin.take().context("the shell's stdin")?;
+            go.write_all(b"go\n")?;
+            drop(go);
+            let status = self.shell.wait()?;
+            if !status.success() {
+                bail!("kill -TERM failed ({status})");
+            }
+            Ok(())
+        }
+    }
+
+    impl Drop for Trigger {
+        fn drop(&mut self) {
+            // Closing its stdin (if not fired) makes the shell exit without signalling.
+            drop(self.shell.stdin.take());
+            let _ = self.shell.wait();
+        }
     }
 
     impl Drop for ServerProcess {
@@ -495,6 +586,21 @@ mod servers {
     }
 
     pub fn start_registry_gate(workspace: &Workspace, files: &setup::Files) -> anyhow::Result<ServerProcess> {
+        let serve = Serve { cert: &files.cert, key: &files.key, policy: &files.policy, flags: &[] };
+        start_serve(&serve, workspace.path("registry-gate.log"))
+    }
+
+    /// What `registry-gate serve` is started with, besides its ports.
+    pub struct Serve<'a> {
+        pub cert: &'a Path,
+        pub key: &'a Path,
+        pub policy: &'a Path,
+        /// More flags, such as `--policy-poll-millis 5`.
+        pub flags: &'a [&'a str],
+    }
+
+    /// `registry-gate serve` on two free loopback ports, logging to `log`, once it is ready.
+    pub fn start_serve(serve: &Serve, log: PathBuf) -> anyhow::Result<ServerProcess> {
         let (port, operations) = (free_port()?, free_port()?);
         let mut command = Command::new(REGISTRY_GATE);
         command
@@ -502,17 +608,17 @@ mod servers {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{operations}")])
             .arg("--tls-cert")
-            .arg(&files.cert)
+            .arg(serve.cert)
             .arg("--tls-key")
-            .arg(&files.key)
+            .arg(serve.key)
             .arg("--policy")
-            .arg(&files.policy)
+            .arg(serve.policy)
             .args(["--log-format", "json"])
+            .args(serve.flags)
             .stdin(Stdio::null());
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut server =
-            ServerProcess::spawn("registry-gate", command, addr, workspace.path("registry-gate.log"))?;
         let readyz = SocketAddr::from(([127, 0, 0, 1], operations));
+        let mut server = ServerProcess::spawn("registry-gate", command, addr, Some(readyz), log)?;
         wait_until(&mut server, || http_get_status(readyz, "/readyz").is_ok_and(|status| status == 200))?;
         Ok(server)
     }
@@ -528,7 +634,8 @@ mod servers {
             // The baseline exits when this pipe closes: it cannot outlive us even if we are killed.
             .stdin(Stdio::piped());
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut server = ServerProcess::spawn("baseline", command, addr, workspace.path("baseline.log"))?;
+        let mut server =
+            ServerProcess::spawn("baseline", command, addr, None, workspace.path("baseline.log"))?;
         // It has no readiness endpoint; it listens only once its TLS configuration is loaded.
         wait_until(&mut server, || TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok())?;
         Ok(server)
@@ -749,23 +856,73 @@ mod client {
         body: Bytes,
     }
 
+    /// Why a new connection failed: the TCP connect, or the TLS handshake after it.
+    #[derive(Debug)]
+    pub enum ConnectError {
+        Tcp(std::io::Error),
+        Handshake(std::io::Error),
+    }
+
+    impl std::fmt::Display for ConnectError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                ConnectError::Tcp(e) => write!(f, "TCP connect failed: {e}"),
+                ConnectError::Handshake(e) => write!(f, "TLS handshake failed: {e}"),
+            }
+        }
+    }
+
+    impl std::error::Error for ConnectError {}
+
     impl Target {
         pub fn new(addr: SocketAddr, ca: &Path, body: Bytes) -> anyhow::Result<Self> {
+            // The API server speaks HTTP/1.1 to webhooks unless told otherwise; so do we.
+            Target::with_alpn(addr, ca, body, b"http/1.1")
+        }
+
+        /// A target offering one ALPN protocol: `h2` for the HTTP/2 abuse.
+        pub fn with_alpn(addr: SocketAddr, ca: &Path, body: Bytes, alpn: &[u8]) -> anyhow::Result<Self> {
+            let config = Target::config(ca, alpn)?;
+            Ok(Target { addr, tls: TlsConnector::from(Arc::new(config)), body })
+        }
+
+        /// A target whose every connection makes a full handshake. By default rustls resumes
+        /// TLS 1.3 sessions, and a resumed session shows no certificate: a client that always
+        /// resumes never sees a rotated one.
+        pub fn without_resumption(addr: SocketAddr, ca: &Path, body: Bytes) -> anyhow::Result<Self> {
+            let mut config = Target::config(ca, b"http/1.1")?;
+            config.resumption = rustls::client::Resumption::disabled();
+            Ok(Target { addr, tls: TlsConnector::from(Arc::new(config)), body })
+        }
+
+        fn config(ca: &Path, alpn: &[u8]) -> anyhow::Result<ClientConfig> {
             let mut roots = RootCertStore::empty();
             for cert in CertificateDer::pem_file_iter(ca)? {
                 roots.add(cert?)?;
             }
             let mut config = ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-            // The API server speaks HTTP/1.1 to webhooks unless told otherwise; so do we.
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            Ok(Target { addr, tls: TlsConnector::from(Arc::new(config)), body })
+            config.alpn_protocols = vec![alpn.to_vec()];
+            Ok(config)
+        }
+
+        /// The body `validate` sends.
+        pub fn body(&self) -> &Bytes {
+            &self.body
+        }
+
+        /// A TLS session with no HTTP on it yet.
+        pub async fn connect_tls(
+            &self,
+        ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ConnectError> {
+            let tcp = tokio::net::TcpStream::connect(self.addr).await.map_err(ConnectError::Tcp)?;
+            tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
+            let name = ServerName::try_from("localhost").expect("a valid DNS name");
+            self.tls.connect(name, tcp).await.map_err(ConnectError::Handshake)
         }
 
         /// A new keep-alive connection; its I/O runs in a task of the current runtime.
         pub async fn connect(&self) -> anyhow::Result<Connection> {
-            let tcp = tokio::net::TcpStream::connect(self.addr).await?;
-            tcp.set_nodelay(true)?;
-            let tls = self.tls.connect(ServerName::try_from("localhost")?, tcp).await?;
+            let tls = self.connect_tls().await?;
             let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
             tokio::spawn(async move {
                 let _ = connection.await;
@@ -780,15 +937,26 @@ mod client {
                 .map_err(|_| anyhow::anyhow!("no answer within {REQUEST_TIMEOUT:?}"))?
         }
 
-        async fn send(&self, connection: &mut Connection) -> anyhow::Result<()> {
+        /// One `POST /validate` of `body`, unchecked: its status and whole answer. Not bounded in
+        /// time; callers bound it.
+        pub async fn exchange(
+            &self,
+            connection: &mut Connection,
+            body: Bytes,
+        ) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
             connection.ready().await?;
             let request = Request::post("/validate")
                 .header(HOST, "localhost")
                 .header(CONTENT_TYPE, "application/json")
-                .body(Full::new(self.body.clone()))?;
+                .body(Full::new(body))?;
             let response = connection.send_request(request).await?;
             let status = response.status();
             let body = response.into_body().collect().await?.to_bytes();
+            Ok((status, body))
+        }
+
+        async fn send(&self, connection: &mut Connection) -> anyhow::Result<()> {
+            let (status, body) = self.exchange(connection, self.body.clone()).await?;
             if status != 200 {
                 let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
                 return Err(BadAnswer(format!("status {status}: {text}")).into());
@@ -924,16 +1092,16 @@ mod load {
     }
 
     /// CPU time of the server and of this process at one instant.
-    struct CpuSample {
-        server: Duration,
-        client: Duration,
+    pub struct CpuSample {
+        pub server: Duration,
+        pub client: Duration,
         /// Busy and total time of all CPUs, in ticks, from the first line of /proc/stat: tells
         /// whether client and server together ran out of cores.
-        machine: (u64, u64),
+        pub machine: (u64, u64),
     }
 
     impl CpuSample {
-        fn take(server: &servers::ServerProcess) -> anyhow::Result<Self> {
+        pub fn take(server: &servers::ServerProcess) -> anyhow::Result<Self> {
             let clock = servers::CpuClock::detect();
             Ok(CpuSample {
                 server: server.cpu_time()?,
@@ -953,7 +1121,7 @@ mod load {
 
     /// Busy time of all cores minus what the server and the client used, in percent of all
     /// cores' time. /proc/stat counts whole ticks, so this is good to about a percent.
-    fn others_percent(before: &CpuSample, after: &CpuSample) -> f64 {
+    pub fn others_percent(before: &CpuSample, after: &CpuSample) -> f64 {
         let hz = servers::ticks_per_second().max(1) as f64;
         let capacity = after.machine.1.saturating_sub(before.machine.1).max(1) as f64 / hz;
         let busy = after.machine.0.saturating_sub(before.machine.0) as f64 / hz;
@@ -962,7 +1130,7 @@ mod load {
         100.0 * (busy - ours).max(0.0) / capacity
     }
 
-    fn busy_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
+    pub fn busy_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
         let busy = after.0.saturating_sub(before.0) as f64;
         let total = after.1.saturating_sub(before.1).max(1) as f64;
         100.0 * busy / total
@@ -1114,7 +1282,7 @@ mod load {
     /// Slot k is due at `first + k * gap` and belongs to connection k mod N, so each connection
     /// sends every N gaps, the connections evenly staggered. Slots already due when the ticker
     /// wakes go out at once, which batches them at high rates.
-    fn tick(
+    pub fn tick(
         slots: &[tokio::sync::mpsc::UnboundedSender<Instant>],
         first: Instant,
         gap: Duration,
@@ -1203,7 +1371,7 @@ mod load {
         }
     }
 
-    fn nanos(d: Duration) -> u64 {
+    pub fn nanos(d: Duration) -> u64 {
         u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
     }
 }
@@ -1415,14 +1583,14 @@ mod report {
         out.push('\n');
     }
 
-    fn nproc() -> String {
+    pub fn nproc() -> String {
         Command::new("nproc")
             .output()
             .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
             .unwrap_or_else(|_| "?".to_owned())
     }
 
-    fn cpu_model() -> String {
+    pub fn cpu_model() -> String {
         fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|info| {
@@ -1436,9 +1604,14 @@ mod report {
 
     /// Writes the report to target/loadgen-results.md.
     pub fn write(text: &str) -> anyhow::Result<PathBuf> {
+        write_as("loadgen-results.md", text)
+    }
+
+    /// Writes a report to `file_name` in the target directory.
+    pub fn write_as(file_name: &str, text: &str) -> anyhow::Result<PathBuf> {
         // CARGO_TARGET_TMPDIR is target/tmp, whichever target directory the build used.
         let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().context("target/tmp has a parent")?;
-        let path = target.join("loadgen-results.md");
+        let path = target.join(file_name);
         fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(path)
     }

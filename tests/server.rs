@@ -61,6 +61,7 @@ impl TestServer {
         let mut options = ServeOptions::new(loopback, loopback, files);
         options.certificate_poll = Duration::from_millis(50);
         options.header_timeout = Duration::from_millis(500);
+        options.shutdown_grace = Duration::ZERO;
         configure(&mut options);
         let server = Server::bind(options, store).await.expect("server binds");
         let (webhook, operations) = (server.webhook_addr(), server.operations_addr());
@@ -931,6 +932,32 @@ async fn policy_configmap_edits_are_checked_at_the_door() {
     let answer = server.review("/validate-policy", &request).await;
     assert!(message(&answer).contains("has no policy.yaml key"), "{answer}");
     server.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_sent_just_after_shutdown_begins_is_answered() {
+    let server =
+        TestServer::start_with(POLICY, |options| options.shutdown_grace = Duration::from_millis(800)).await;
+    let mut client = server.client().await;
+    let body = serde_json::to_vec(&review("Pod", "CREATE", &object("pod"), None)).expect("JSON");
+    assert_eq!(client.post("/validate", body.clone()).await.0, 200);
+    // The connection is idle, kept alive; shutdown begins, and a request follows at once.
+    let TestServer { stop, task, .. } = server;
+    let _ = stop.expect("running").send(());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let request = hyper::Request::post("https://localhost/validate")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let Sender::Http1(sender) = &mut client.sender else { unreachable!("an HTTP/1.1 client") };
+    let response = sender.send_request(request).await.expect("answered, not dropped");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers().get("connection").and_then(|v| v.to_str().ok()), Some("close"));
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("stops")
+        .expect("no panic")
+        .expect("clean");
 }
 
 #[tokio::test]

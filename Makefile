@@ -1,7 +1,7 @@
 # The entry points a newcomer and CI use. `make run` and `make test` are the README's two commands.
 CARGO ?= cargo
 
-.PHONY: run test controlplane lint deny fuzz bench
+.PHONY: run test controlplane moto lint deny fuzz bench
 
 # The webhook on https://127.0.0.1:8443 (metrics on :9090) with the bundled default policy and
 # development certificates generated into certs/ on first run.
@@ -13,13 +13,17 @@ run:
 # against a real kube-apiserver + etcd (built once from the Go module proxy into
 # ~/.cache/registry-gate, about 13 minutes cold; seconds when cached), and the manifests
 # installed into that API server (manifests/validate.sh).
-test: controlplane
+test: controlplane moto
 	REGISTRY_GATE_CONTROLPLANE_BIN="$$(tests/controlplane/build.sh | tail -n 1)" \
 		$(CARGO) test --locked --lib --bins --tests
 	manifests/validate.sh
 
 controlplane:
 	tests/controlplane/build.sh
+
+# moto's server mode: the AWS API emulator the ECR tests (tests/ecr_moto.rs) run against.
+moto:
+	python3 -c 'import moto.server' 2>/dev/null || python3 -m pip install --quiet 'moto[server]'
 
 lint:
 	$(CARGO) fmt --check

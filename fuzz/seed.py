@@ -3,9 +3,15 @@
 
 Seeds are named by the SHA-1 of their bytes, as libFuzzer names the inputs it keeps, so running
 this again adds only what is new and never duplicates a file. It deletes nothing: inputs that
-`cargo fuzz cmin` kept, or that reproduce fixed bugs, stay.
+fuzzing found and `cargo fuzz cmin` kept, or that reproduce fixed bugs, stay.
 
 Run from anywhere: python3 fuzz/seed.py
+
+The committed corpora are these seeds merged with what fuzzing found, then minimised so that
+each stays under 2,000 files; the two document targets need edge coverage alone for that:
+
+    cargo fuzz cmin image_reference
+    cargo fuzz cmin admission_review -- -use_counters=0
 """
 
 import base64

@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use registry_gate::image::Reference;
-use registry_gate::policy::{Decision, Policy};
+use registry_gate::policy::{Decision, Namespace, Policy};
 
 const SIZES: [usize; 4] = [10, 1_000, 10_000, 100_000];
 /// The regex baseline takes minutes to build beyond this size.
@@ -106,7 +106,9 @@ impl RegexScan {
 
 fn decide(policy: &Policy, image: &str) -> bool {
     match Reference::parse(image) {
-        Ok(reference) => matches!(policy.decide(&reference, "default"), Decision::Allowed(_)),
+        Ok(reference) => {
+            matches!(policy.decide(&reference, &Namespace::named("default")), Decision::Allowed(_))
+        }
         Err(_) => false,
     }
 }

@@ -12,6 +12,7 @@ use registry_gate::admission::Webhook;
 use registry_gate::admission::review::Request;
 use registry_gate::admission::workload::WorkloadKind;
 use registry_gate::metrics::Metrics;
+use registry_gate::namespaces::NamespaceLabels;
 use registry_gate::policy::{Policy, PolicyStore};
 use serde_json::{Value, json};
 
@@ -125,10 +126,24 @@ fn bench_review(c: &mut Criterion) {
         println!("{name}: {} bytes", body.len());
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_with_input(BenchmarkId::new("validate", name), &body, |b, body| {
-            b.iter(|| registry_gate::server::review(&store, Webhook::Validate, black_box(body)))
+            b.iter(|| {
+                registry_gate::server::review(
+                    &store,
+                    &NamespaceLabels::unwatched(),
+                    Webhook::Validate,
+                    black_box(body),
+                )
+            })
         });
         group.bench_with_input(BenchmarkId::new("mutate", name), &body, |b, body| {
-            b.iter(|| registry_gate::server::review(&store, Webhook::Mutate, black_box(body)))
+            b.iter(|| {
+                registry_gate::server::review(
+                    &store,
+                    &NamespaceLabels::unwatched(),
+                    Webhook::Mutate,
+                    black_box(body),
+                )
+            })
         });
         assert_eq!(images_lean(&body), images_full(&body), "both decodes see the same images");
         group.bench_with_input(BenchmarkId::new("decode: lean view", name), &body, |b, body| {

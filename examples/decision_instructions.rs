@@ -12,7 +12,7 @@
 use std::hint::black_box;
 
 use registry_gate::image::Reference;
-use registry_gate::policy::Policy;
+use registry_gate::policy::{Namespace, Policy};
 
 const ROUNDS: usize = 100_000;
 const IMAGES: [&str; 4] =
@@ -31,7 +31,7 @@ fn main() {
                     black_box(Reference::parse(black_box(image)).is_ok());
                 }
                 "decide" => {
-                    black_box(policy.decide(black_box(&reference), "default"));
+                    black_box(policy.decide(black_box(&reference), &Namespace::named("default")));
                 }
                 _ => {}
             }

@@ -421,14 +421,21 @@ check "RBAC webhook: nothing on Pods or workloads" \
   can_all "${WEBHOOK}" no pods default create update
 check "RBAC webhook: nothing on webhook configurations" \
   can_all "${WEBHOOK}" no validatingwebhookconfigurations.admissionregistration.k8s.io "" update patch
-check "RBAC webhook: exactly the rules of the table in default (none)" \
-  exactly_rules "${WEBHOOK}" default </dev/null
+check "RBAC webhook: list and watch Namespaces (their labels), nothing more on them" \
+  can_all "${WEBHOOK}" yes namespaces "" list watch
+check "RBAC webhook: no get or write of Namespaces" \
+  can_all "${WEBHOOK}" no namespaces "" get create update patch delete
+check "RBAC webhook: exactly the rules of the table in default (Namespaces read)" \
+  exactly_rules "${WEBHOOK}" default <<'EOF'
+namespaces [] [] [list watch]
+EOF
 check "RBAC webhook: exactly the rules of the table in registry-gate" \
   exactly_rules "${WEBHOOK}" registry-gate <<'EOF'
 configmaps [] [registry-gate-policy] [get]
 configmaps [] [] [list watch]
 events [] [] [create patch]
 events.events.k8s.io [] [] [create patch]
+namespaces [] [] [list watch]
 EOF
 
 # The controller: Secrets and Events everywhere, Namespaces read-only, two ConfigMaps.

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::admission::workload::{ObjectView, WorkloadKind};
 use crate::image::Reference;
-use crate::policy::{Decision, Mode, Policy};
+use crate::policy::{Decision, Labels, Mode, Namespace, Policy};
 use crate::yaml;
 
 /// The namespace assumed for images given on the command line and objects that name none.
@@ -67,12 +67,12 @@ pub enum ManifestError {
 }
 
 /// Checks one image string as if it sat in a Pod in `namespace`.
-pub fn check_image(policy: &Policy, image: &str, namespace: &str) -> ImageReport {
+pub fn check_image(policy: &Policy, image: &str, namespace: &Namespace<'_>) -> ImageReport {
     let mut report = ImageReport {
         image: image.to_owned(),
         object: None,
         location: None,
-        namespace: namespace.to_owned(),
+        namespace: namespace.name.to_owned(),
         valid: false,
         error: None,
         reference: None,
@@ -87,9 +87,9 @@ pub fn check_image(policy: &Policy, image: &str, namespace: &str) -> ImageReport
     if let Decision::Denied(crate::policy::Denial::InvalidReference(e)) = &decision {
         report.error = Some(e.to_string());
     }
-    if policy.is_exempt(namespace) {
+    if policy.is_exempt(namespace.name) {
         report.decision = "allowed";
-        report.reason = Some(format!("namespace {namespace:?} is exempt from the policy"));
+        report.reason = Some(format!("namespace {:?} is exempt from the policy", namespace.name));
         return report;
     }
     match &decision {
@@ -115,17 +115,45 @@ fn reference_report(reference: &Reference<'_>) -> ReferenceReport {
     }
 }
 
+/// The label the API server gives every namespace: its own name.
+const NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// Labels of a namespace as the API server would store them: as given, plus its name label.
+pub fn namespace_labels(name: &str, given: &Labels) -> Labels {
+    let mut labels = given.clone();
+    labels.insert(NAME_LABEL.to_owned(), name.to_owned());
+    labels
+}
+
 /// Checks every image of every Pod and workload in a multi-document YAML (or JSON) manifest;
 /// other kinds are skipped. Lists are opened as kubectl opens them: any object with `items`
 /// (`List`, `PodList`, `DeploymentList`, ...), lists within lists included.
+///
+/// Namespace labels, which registries with a `namespaceSelector` need, come from the Namespace
+/// objects in the same text, and for `default_namespace` from the caller; any other
+/// namespace's labels are unknown, and such registries do not admit it.
 pub fn check_manifests(
     policy: &Policy,
     text: &str,
-    default_namespace: &str,
+    default_namespace: &Namespace<'_>,
 ) -> Result<Vec<ImageReport>, ManifestError> {
+    let documents = yaml::parse_documents(text)?;
+    let objects: Vec<serde_json::Value> = documents.iter().map(yaml::Node::to_json).collect();
+    let mut known: std::collections::HashMap<String, Labels> = objects
+        .iter()
+        .filter(|object| object.get("kind").and_then(|k| k.as_str()) == Some("Namespace"))
+        .filter_map(|object| {
+            let metadata = object.get("metadata")?;
+            let name = metadata.get("name")?.as_str()?;
+            let given: Labels = serde_json::from_value(metadata.get("labels")?.clone()).unwrap_or_default();
+            Some((name.to_owned(), namespace_labels(name, &given)))
+        })
+        .collect();
+    if let Some(labels) = default_namespace.labels {
+        known.insert(default_namespace.name.to_owned(), labels.clone());
+    }
     let mut reports = Vec::new();
-    for (index, document) in yaml::parse_documents(text)?.iter().enumerate() {
-        let object = document.to_json();
+    for (index, (document, object)) in documents.iter().zip(objects).enumerate() {
         if object.is_null() {
             continue; // an empty document, as between two `---`
         }
@@ -137,7 +165,14 @@ pub fn check_manifests(
                 return Err(ManifestError::NoKind { document: index + 1, line: document.line });
             }
             match object.get("items") {
-                None => check_object(policy, &object, default_namespace, document.line, &mut reports)?,
+                None => check_object(
+                    policy,
+                    &object,
+                    default_namespace.name,
+                    &known,
+                    document.line,
+                    &mut reports,
+                )?,
                 Some(serde_json::Value::Array(items)) => {
                     for item in items.iter().rev() {
                         if !item.is_object() {
@@ -157,6 +192,7 @@ fn check_object(
     policy: &Policy,
     object: &serde_json::Value,
     default_namespace: &str,
+    known: &std::collections::HashMap<String, Labels>,
     line: usize,
     reports: &mut Vec<ImageReport>,
 ) -> Result<(), ManifestError> {
@@ -175,7 +211,8 @@ fn check_object(
     })?;
     let spec = kind.pod_spec(view);
     for (location, image) in spec.images(kind.spec_path()) {
-        let mut report = check_image(policy, image, namespace);
+        let scope = Namespace { name: namespace, labels: known.get(namespace) };
+        let mut report = check_image(policy, image, &scope);
         report.object = Some(label.clone());
         report.location = Some(location.to_string());
         reports.push(report);

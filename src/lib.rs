@@ -8,6 +8,7 @@
 //! - [`policy`]: the registry list admins write, validated field by field and compiled into a
 //!   matcher that decides one image in tens of nanoseconds at any policy size.
 //! - [`admission`]: where images sit in Pods and in Pod-template workloads.
+//! - [`namespaces`]: namespace labels from a read-only watch, for registries scoped by labels.
 //! - [`server`]: HTTPS with certificate reload, the `/validate` and `/mutate` endpoints, and the
 //!   operations port (`/metrics`, `/healthz`, `/readyz`); [`metrics`] holds what it exports.
 //! - [`controller`]: the second process (`registry-gate controller`), off the admission path:
@@ -25,6 +26,7 @@ pub mod controller;
 pub mod credentials;
 pub mod image;
 pub mod metrics;
+pub mod namespaces;
 pub mod policy;
 pub mod server;
 pub mod yaml;

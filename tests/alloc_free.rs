@@ -6,7 +6,7 @@
 //! would blame the decision for them.
 
 use registry_gate::image::Reference;
-use registry_gate::policy::{Decision, Policy};
+use registry_gate::policy::{Decision, Namespace, Policy};
 
 const POLICY: &str = r#"
 apiVersion: registry-gate.io/v1
@@ -43,7 +43,10 @@ fn deciding_an_image_does_not_allocate() {
     let mut allowed = 0;
     for image in IMAGES {
         let reference = Reference::parse(image).expect("valid image");
-        allowed += usize::from(matches!(policy.decide(&reference, "prod-1"), Decision::Allowed(_)));
+        allowed += usize::from(matches!(
+            policy.decide(&reference, &Namespace::named("prod-1")),
+            Decision::Allowed(_)
+        ));
     }
 
     let mut allowed_again = 0;
@@ -51,7 +54,7 @@ fn deciding_an_image_does_not_allocate() {
         for _ in 0..100 {
             for image in IMAGES {
                 let reference = Reference::parse(std::hint::black_box(image)).expect("valid image");
-                let decision = policy.decide(&reference, std::hint::black_box("prod-1"));
+                let decision = policy.decide(&reference, &Namespace::named(std::hint::black_box("prod-1")));
                 allowed_again += usize::from(matches!(decision, Decision::Allowed(_)));
             }
         }

@@ -111,3 +111,48 @@ fn policy_validate_lists_problems_and_exits_one() {
     let errors = String::from_utf8_lossy(&invalid.stderr);
     assert!(errors.contains("holds more than one YAML document"), "{errors}");
 }
+
+#[test]
+fn namespace_labels_come_from_flags_or_namespace_objects() {
+    // production-ecr admits prod-* namespaces labelled team=payments outside the sandbox tier.
+    let ecr = "123456789012.dkr.ecr.us-east-1.amazonaws.com/api:1";
+    let check = |args: &[&str]| {
+        let mut all = vec!["check", "-p", POLICY, "-o", "json"];
+        all.extend_from_slice(args);
+        let output = registry_gate(&all);
+        // A usage error prints nothing on stdout.
+        let reports: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        (output.status.code(), reports[0]["reason"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(check(&["-n", "prod-eu", "-l", "team=payments", ecr]).0, Some(0));
+    let (code, reason) = check(&["-n", "prod-eu", ecr]);
+    assert_eq!(code, Some(1));
+    assert!(
+        reason.contains("it admits namespaces prod-* labelled team=payments,tier notin (sandbox)"),
+        "{reason}"
+    );
+    assert_eq!(check(&["-n", "prod-eu", "-l", "team=payments", "-l", "tier=sandbox", ecr]).0, Some(1));
+    assert_eq!(check(&["-n", "prod-eu", "-l", "team", ecr]).0, Some(2), "a label without =");
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let manifests = dir.path().join("app.yaml");
+    let pod = |namespace: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: api, namespace: {namespace}}}\nspec:\n  containers: [{{name: api, image: '{ecr}'}}]\n"
+        )
+    };
+    let text = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: prod-pay\n  labels: {{team: payments}}\n{}{}",
+        pod("prod-pay"),
+        pod("prod-other")
+    );
+    std::fs::write(&manifests, text).expect("manifest written");
+    let output =
+        registry_gate(&["check", "-p", POLICY, "-o", "json", "-f", manifests.to_str().expect("UTF-8")]);
+    let reports: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    assert_eq!(reports[0]["namespace"], "prod-pay");
+    assert_eq!(reports[0]["decision"], "allowed", "{}", reports[0]);
+    assert_eq!(reports[1]["decision"], "denied");
+    let reason = reports[1]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("labels are not known"), "{reason}");
+}

@@ -631,6 +631,72 @@ fn time_until(
     }
 }
 
+const PARTNER_NS: &str = "shop-partner";
+const PARTNER_LABEL: &str = "e2e.registry-gate.io/partner";
+
+/// Polls the decision on a Pod running `PARTNER` in `namespace` until it is `want_admitted`;
+/// returns how long that took and the last refusal's message.
+fn wait_for_decision(
+    api: &mut Blocking,
+    namespace: &str,
+    want_admitted: bool,
+) -> anyhow::Result<(Duration, String)> {
+    let probe = pod(namespace, "label-probe", pod_spec(vec![container("c", PARTNER)]));
+    let started = Instant::now();
+    loop {
+        let (decision, _) = api.dry_run_pod(namespace, &probe)?;
+        let message = match &decision {
+            Decision::Refused(message) => message.clone(),
+            Decision::Admitted => String::new(),
+        };
+        if decision.is_admitted() == want_admitted {
+            return Ok((started.elapsed(), message));
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "{PARTNER} in {namespace} is still {decision:?} after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn scenario_namespace_labels(cp: &ControlPlane, api: &mut Blocking, policy: &str) -> anyhow::Result<()> {
+    let scoped = format!(
+        "{}    namespaceSelector:\n      matchLabels: {{{PARTNER_LABEL}: \"yes\"}}\n",
+        with_partner(policy)
+    );
+    let labelled = json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": PARTNER_NS, "labels": {PARTNER_LABEL: "yes"}}});
+    cp.kubectl_stdin(&["apply", "--server-side", "-f", "-"], &labelled.to_string()).ok()?;
+    apply_policy(cp, &scoped).ok()?;
+    let (took, _) = wait_for_decision(api, PARTNER_NS, true)?;
+    println!("{PARTNER} admitted in the labelled namespace {took:?} after the scoped policy was applied");
+    // The unlabelled namespace is refused, and the message says what would admit it.
+    let (_, refusal) = wait_for_decision(api, RELOAD_NS, false)?;
+    ensure!(
+        refusal.contains(&format!("it admits namespaces labelled {PARTNER_LABEL}=yes")),
+        "the refusal does not name the selector: {refusal}"
+    );
+    // Labelling the namespace admits it as soon as the webhook's watch sees the label...
+    cp.kubectl(&["label", "namespace", RELOAD_NS, &format!("{PARTNER_LABEL}=yes")]).ok()?;
+    let (labelled_after, _) = wait_for_decision(api, RELOAD_NS, true)?;
+    // ... and removing the label refuses it again.
+    cp.kubectl(&["label", "namespace", RELOAD_NS, &format!("{PARTNER_LABEL}-")]).ok()?;
+    let (unlabelled_after, _) = wait_for_decision(api, RELOAD_NS, false)?;
+    println!(
+        "namespace label added -> admitted within {} ms; removed -> refused within {} ms",
+        labelled_after.as_millis(),
+        unlabelled_after.as_millis()
+    );
+    ensure!(
+        labelled_after < Duration::from_secs(2) && unlabelled_after < Duration::from_secs(2),
+        "label changes took {labelled_after:?} / {unlabelled_after:?} to reach decisions"
+    );
+    apply_policy(cp, policy).ok()?;
+    wait_for_decision(api, PARTNER_NS, false)?;
+    Ok(())
+}
+
 #[test]
 fn policy_configmap_hot_reload() {
     let _turn = exclusive();
@@ -718,6 +784,9 @@ fn policy_configmap_hot_reload() {
             // The last edit removed the registry: kubectl sees the same decision as the polls.
             create_dry_run(cp, &probe).refused()?;
             Ok(())
+        });
+        s.run("a registry scoped by namespace labels follows the labels the webhook watches", || {
+            scenario_namespace_labels(cp, &mut api, &policy)
         });
         let broken = format!("{policy}  - name: wide-open\n    type: Generic\n    url: \"*\"\n");
         s.run("a broken policy is refused at admission with its field path", || {

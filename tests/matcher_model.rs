@@ -6,7 +6,7 @@ use std::cmp::Reverse;
 
 use proptest::prelude::*;
 use registry_gate::image::Reference;
-use registry_gate::policy::{Decision, Denial, Policy, RegistryPattern};
+use registry_gate::policy::{Decision, Denial, Namespace, Policy, RegistryPattern};
 
 const HOSTS: &[&str] = &[
     "ghcr.io",
@@ -183,7 +183,7 @@ fn model(entries: &[Entry], deny: &[String], image: &str, namespace: &str) -> Ve
 
 fn matcher(policy: &Policy, deny: &[String], image: &str, namespace: &str) -> Verdict {
     let reference = Reference::parse(image).expect("pool images are valid");
-    match policy.decide(&reference, namespace) {
+    match policy.decide(&reference, &Namespace::named(namespace)) {
         Decision::Allowed(registry) => Verdict::Allowed(registry.name.clone()),
         Decision::Denied(Denial::NamespaceNotAllowed(registry)) => {
             Verdict::NotInNamespace(registry.name.clone())

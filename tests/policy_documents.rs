@@ -1,7 +1,7 @@
 //! The policy as admins meet it: the bundled examples, the published JSON Schema, and the errors
 //! a broken policy gets.
 
-use registry_gate::policy::{Decision, Denial, Policy, RegistryType};
+use registry_gate::policy::{Decision, Denial, Namespace, Policy, RegistryType};
 
 fn repo_file(path: &str) -> String {
     std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")))
@@ -143,7 +143,7 @@ fn policy_with(body: &str) -> Result<Policy, registry_gate::policy::PolicyError>
 }
 
 fn decision(policy: &Policy, image: &str) -> String {
-    match policy.check(image, "shop").1 {
+    match policy.check(image, &Namespace::named("shop")).1 {
         Decision::Allowed(registry) => format!("allowed by {}", registry.name),
         Decision::Denied(Denial::DenyListed(rule)) => format!("denied by {}", rule.url),
         Decision::Denied(other) => format!("denied: {other:?}"),
@@ -230,4 +230,101 @@ fn kubelet_credentials_take_no_pull_secret() {
         "apiVersion: registry-gate.io/v1\nkind: RegistryPolicy\nregistries:\n  - {name: ecr, type: ECR, url: 123456789012.dkr.ecr.us-east-1.amazonaws.com, credentials: kubelet, pullSecret: ecr}\n",
     );
     assert!(!schema().is_valid(&document), "the schema refuses both too");
+}
+
+const SCOPED_BY_LABELS: &str = "registries:
+  - name: payments
+    type: GHCR
+    url: ghcr.io/acme-payments
+    pullSecret: ghcr-payments
+    namespaces: ['shop-*', shop]
+    namespaceSelector:
+      matchLabels: {team: payments}
+      matchExpressions:
+        - {key: env, operator: NotIn, values: [sandbox]}
+";
+
+fn labels(pairs: &[(&str, &str)]) -> registry_gate::policy::Labels {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+#[test]
+fn a_namespace_selector_scopes_a_registry_by_labels_and_names() {
+    let policy = policy_with(SCOPED_BY_LABELS).expect("valid");
+    assert!(policy.uses_namespace_labels());
+    let image = "ghcr.io/acme-payments/api:1";
+    let decide = |name: &str, labels: Option<&registry_gate::policy::Labels>| {
+        let namespace = Namespace { name, labels };
+        let (reference, decision) = policy.check(image, &namespace);
+        match decision {
+            Decision::Allowed(registry) => format!("allowed by {}", registry.name),
+            Decision::Denied(denial) => policy.denial_message(reference.as_ref(), &denial, &namespace),
+        }
+    };
+    let payments = labels(&[("team", "payments")]);
+    assert_eq!(decide("shop", Some(&payments)), "allowed by payments");
+    assert_eq!(
+        decide("shop-eu", Some(&labels(&[("team", "payments"), ("env", "prod")]))),
+        "allowed by payments"
+    );
+    // Both the name and the labels must fit.
+    let refused = decide("search", Some(&payments));
+    assert!(refused.contains("may not be used in namespace \"search\""), "{refused}");
+    assert!(
+        refused.contains("it admits namespaces shop-*, shop labelled team=payments,env notin (sandbox)"),
+        "{refused}"
+    );
+    assert!(decide("shop", Some(&labels(&[("team", "search")]))).contains("may not be used"));
+    assert!(
+        decide("shop", Some(&labels(&[("team", "payments"), ("env", "sandbox")])))
+            .contains("may not be used")
+    );
+    // Unknown labels admit nothing, and the message says why.
+    let unknown = decide("shop", None);
+    assert!(unknown.contains("labels are not known"), "{unknown}");
+    // A policy without selectors never needs labels.
+    assert!(
+        !policy_with("registries:\n  - {name: hub, type: Public, url: docker.io/library}\n")
+            .expect("valid")
+            .uses_namespace_labels()
+    );
+}
+
+#[test]
+fn a_broken_namespace_selector_is_refused_with_its_field_path() {
+    let cases = [
+        ("namespaceSelector: {}", "registries[0].namespaceSelector: selects every namespace"),
+        ("namespaceSelector: {matchLabels: {}}", "selects every namespace"),
+        (
+            "namespaceSelector: {matchLabels: {'-team': x}}",
+            "registries[0].namespaceSelector.matchLabels.-team",
+        ),
+        ("namespaceSelector: {matchLabels: {team: 'not ok'}}", "is not a label value"),
+        ("namespaceSelector: {matchLabels: {team: [a]}}", "maps label keys to string values"),
+        ("namespaceSelector: {matchLables: {team: a}}", "did you mean \"matchLabels\""),
+        (
+            "namespaceSelector: {matchExpressions: [{key: env, operator: In}]}",
+            "matchExpressions[0].values: must name at least one value for In",
+        ),
+        (
+            "namespaceSelector: {matchExpressions: [{key: env, operator: Exists, values: [a]}]}",
+            "must be left out for Exists",
+        ),
+        (
+            "namespaceSelector: {matchExpressions: [{key: env, operator: in, values: [a]}]}",
+            "it is In, NotIn, Exists or DoesNotExist",
+        ),
+        (
+            "namespaceSelector: {matchExpressions: [{operator: Exists}]}",
+            "matchExpressions[0].key: is required",
+        ),
+        ("namespaceSelector: [team]", "registries[0].namespaceSelector: must be a mapping"),
+    ];
+    for (selector, expected) in cases {
+        let text = format!(
+            "registries:\n  - name: hub\n    type: Public\n    url: docker.io/library\n    {selector}\n"
+        );
+        let error = policy_with(&text).expect_err(selector).to_string();
+        assert!(error.contains(expected), "{selector}: expected {expected:?} in:\n{error}");
+    }
 }

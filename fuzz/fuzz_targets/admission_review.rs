@@ -6,6 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use registry_gate::admission::review::Request;
 use registry_gate::admission::{self, Webhook};
 use registry_gate::metrics::Metrics;
+use registry_gate::namespaces::NamespaceLabels;
 use registry_gate::policy::{Policy, PolicyStore};
 
 const ENFORCE: &str = r#"
@@ -38,7 +39,7 @@ fn stores() -> &'static [PolicyStore; 2] {
 fuzz_target!(|data: &[u8]| {
     for store in stores() {
         for webhook in [Webhook::Validate, Webhook::Mutate] {
-            drop(registry_gate::server::review(store, webhook, data));
+            drop(registry_gate::server::review(store, &NamespaceLabels::unwatched(), webhook, data));
         }
     }
     let Ok(request) = Request::parse(data) else { return };
@@ -46,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
     // The API server matches answers to requests by uid alone.
     assert_eq!(admission::answer_policy_review(&request).answer.response.uid, uid);
     let snapshot = stores()[0].current().expect("a policy is installed");
-    let answer = admission::answer(Webhook::Mutate, request, &snapshot);
+    let answer = admission::answer(Webhook::Mutate, request, &snapshot, None);
     assert_eq!(answer.response.uid, uid);
     let body = answer.response.to_review_json();
     serde_json::from_slice::<serde_json::Value>(&body).expect("the answer is JSON");

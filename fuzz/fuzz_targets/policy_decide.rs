@@ -4,7 +4,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use registry_gate::image::DOCKER_HUB;
-use registry_gate::policy::{Decision, Denial, DenyRule, Policy, RegistryPattern};
+use registry_gate::policy::{Decision, Denial, DenyRule, Namespace, Policy, RegistryPattern};
 
 /// Wildcards in every position the matcher treats differently: leading, inner, several, with a
 /// port; many labels; IPv6; `:443`; deny rules on wildcard hosts; namespace scopes.
@@ -72,9 +72,9 @@ fn covers(pattern: &RegistryPattern, host: &str, path: &str) -> bool {
 }
 
 fn check(policy: &Policy, image: &str, namespace: &str) {
-    let (reference, decision) = policy.check(image, namespace);
+    let (reference, decision) = policy.check(image, &Namespace::named(namespace));
     if let Decision::Denied(denial) = &decision {
-        drop(policy.denial_message(reference.as_ref(), denial, namespace));
+        drop(policy.denial_message(reference.as_ref(), denial, &Namespace::named(namespace)));
     }
     let Some(reference) = reference else { return };
     let domain = if reference.is_short_name() { policy.short_name_host.key() } else { reference.domain() };
@@ -98,9 +98,11 @@ fn check(policy: &Policy, image: &str, namespace: &str) {
     let denied = policy.deny.iter().any(deny_covers);
     let allowed = policy.registries.iter().any(|registry| covers(&registry.pattern, host, &path));
     let consistent = match decision {
-        Decision::Allowed(r) => !denied && covers(&r.pattern, host, &path) && r.admits_namespace(namespace),
+        Decision::Allowed(r) => {
+            !denied && covers(&r.pattern, host, &path) && r.admits_namespace(&Namespace::named(namespace))
+        }
         Decision::Denied(Denial::NamespaceNotAllowed(r)) => {
-            !denied && covers(&r.pattern, host, &path) && !r.admits_namespace(namespace)
+            !denied && covers(&r.pattern, host, &path) && !r.admits_namespace(&Namespace::named(namespace))
         }
         Decision::Denied(Denial::DenyListed(rule)) => deny_covers(rule),
         Decision::Denied(Denial::Unregistered) => !denied && !allowed,

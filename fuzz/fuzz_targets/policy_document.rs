@@ -1,7 +1,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use registry_gate::policy::{Decision, Denial, Policy};
+use registry_gate::policy::{Decision, Denial, Namespace, Policy};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
             "" => format!("{host}/x"),
             path => format!("{host}/{path}/x"),
         };
-        let (reference, decision) = policy.check(&image, "default");
+        let (reference, decision) = policy.check(&image, &Namespace::named("default"));
         // A host the image grammar reads as a Docker Hub path, or a path at the length limit,
         // names no image under this entry.
         if reference.is_none_or(|reference| reference.is_short_name() || reference.domain() != host) {

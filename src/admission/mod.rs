@@ -29,7 +29,7 @@ use serde_json::json;
 
 use crate::image::Reference;
 use crate::metrics::RegistryLabel;
-use crate::policy::{Decision, Denial, Mode, PolicySnapshot, Registry};
+use crate::policy::{Decision, Denial, Labels, Mode, Namespace, PolicySnapshot, Registry};
 use review::{Request, Response};
 use workload::{PodSpec, WorkloadKind};
 
@@ -90,8 +90,15 @@ fn malformed(request: &Request<'_>) -> Option<String> {
     None
 }
 
-/// Answers one AdmissionRequest against one policy snapshot.
-pub fn answer(webhook: Webhook, mut request: Request<'_>, snapshot: &PolicySnapshot) -> Answer {
+/// Answers one AdmissionRequest against one policy snapshot. `namespace_labels` are the labels
+/// of the request's namespace when known; registries scoped by labels admit nothing without
+/// them.
+pub fn answer(
+    webhook: Webhook,
+    mut request: Request<'_>,
+    snapshot: &PolicySnapshot,
+    namespace_labels: Option<&Labels>,
+) -> Answer {
     let uid = request.uid();
     if let Some(why) = malformed(&request) {
         return unreadable(uid, request.kind(), request.name(), &why);
@@ -123,9 +130,10 @@ pub fn answer(webhook: Webhook, mut request: Request<'_>, snapshot: &PolicySnaps
     };
     let spec = kind.pod_spec(object);
     let old_spec = old_object.map(|old| kind.pod_spec(old));
+    let namespace = Namespace { name: request.namespace(), labels: namespace_labels };
     match webhook {
-        Webhook::Validate => validate(&request, kind, &spec, old_spec.as_ref(), snapshot),
-        Webhook::Mutate => mutate(&request, &spec, snapshot),
+        Webhook::Validate => validate(&request, namespace, kind, &spec, old_spec.as_ref(), snapshot),
+        Webhook::Mutate => mutate(&request, namespace, &spec, snapshot),
     }
 }
 
@@ -184,13 +192,13 @@ fn clip(text: &str) -> std::borrow::Cow<'_, str> {
 
 fn validate(
     request: &Request<'_>,
+    namespace: Namespace<'_>,
     kind: WorkloadKind,
     spec: &PodSpec<'_>,
     old_spec: Option<&PodSpec<'_>>,
     snapshot: &PolicySnapshot,
 ) -> Answer {
     let policy = &snapshot.policy;
-    let namespace = request.namespace();
     // Images the object already had were admitted before; see the module notes on UPDATE.
     let previous = previous_images(old_spec, request.operation(), kind);
     let mut problems = Vec::new();
@@ -199,7 +207,7 @@ fn validate(
         if previous.as_ref().is_some_and(|seen| seen.binary_search(&image).is_ok()) {
             continue;
         }
-        let (reference, decision) = policy.check(image, namespace);
+        let (reference, decision) = policy.check(image, &namespace);
         match &decision {
             Decision::Allowed(registry) => snapshot.counters.allowed(label(registry)),
             Decision::Denied(denial) => {
@@ -208,7 +216,7 @@ fn validate(
                 // Only the images that will be named are explained: the explanation is the
                 // expensive part, and a review may deny thousands.
                 if problems.len() < LISTED_PROBLEMS {
-                    let reason = policy.denial_message(reference.as_ref(), denial, namespace);
+                    let reason = policy.denial_message(reference.as_ref(), denial, &namespace);
                     problems.push(Problem { location, image, reason });
                 }
             }
@@ -229,7 +237,7 @@ fn validate(
             target: "registry_gate::audit",
             uid = %clip(request.uid()),
             user = %clip(request.username()),
-            namespace = %clip(namespace),
+            namespace = %clip(namespace.name),
             kind = %clip(request.kind()),
             name = %clip(request.name()),
             field = %first.location,
@@ -297,7 +305,12 @@ fn previous_images<'o>(
     Some(images)
 }
 
-fn mutate(request: &Request<'_>, spec: &PodSpec<'_>, snapshot: &PolicySnapshot) -> Answer {
+fn mutate(
+    request: &Request<'_>,
+    namespace: Namespace<'_>,
+    spec: &PodSpec<'_>,
+    snapshot: &PolicySnapshot,
+) -> Answer {
     let policy = &snapshot.policy;
     // Sets, not lists: a hostile Pod may carry tens of thousands of images and pull secrets,
     // and a scan per image would be quadratic.
@@ -307,7 +320,7 @@ fn mutate(request: &Request<'_>, spec: &PodSpec<'_>, snapshot: &PolicySnapshot) 
     let mut missing: Vec<(&str, &Registry)> = Vec::new();
     for (_, image) in spec.images(WorkloadKind::Pod.spec_path()) {
         let Ok(reference) = Reference::parse(image) else { continue };
-        if let Decision::Allowed(registry) = policy.decide(&reference, request.namespace()) {
+        if let Decision::Allowed(registry) = policy.decide(&reference, &namespace) {
             if let Some(secret) = registry.pull_secret.as_deref() {
                 if !existing.contains(secret) && added.insert(secret) {
                     missing.push((secret, registry));

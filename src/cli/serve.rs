@@ -42,9 +42,15 @@ pub struct ServeArgs {
     /// Until it has loaded, the webhook is not ready.
     #[arg(long, env = "REGISTRY_GATE_POLICY_CONFIGMAP")]
     policy_configmap: Option<ConfigMapName>,
-    /// Kubeconfig for --policy-configmap; otherwise KUBECONFIG or the in-cluster account.
+    /// Kubeconfig for --policy-configmap and the namespace watch; otherwise KUBECONFIG or the
+    /// in-cluster account.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Watch Namespaces for their labels, which registries with a namespaceSelector need. On by
+    /// default with --policy-configmap or --kubeconfig; without a watch, such registries admit
+    /// nothing.
+    #[arg(long)]
+    watch_namespaces: Option<bool>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -84,15 +90,18 @@ impl ServeLimits {
 /// Where `serve` reads its policy.
 enum PolicySource {
     File(PathBuf),
-    ConfigMap { configmap: ConfigMapName, kubeconfig: Option<PathBuf> },
+    ConfigMap { configmap: ConfigMapName },
     BuiltIn,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
+    let in_cluster = args.policy_configmap.is_some() || args.kubeconfig.is_some();
+    let watch_namespaces = args.watch_namespaces.unwrap_or(in_cluster);
+    let kubeconfig = args.kubeconfig;
     let policy_source = match (args.policy, args.policy_configmap) {
         (Some(path), _) => PolicySource::File(path),
-        (None, Some(configmap)) => PolicySource::ConfigMap { configmap, kubeconfig: args.kubeconfig },
+        (None, Some(configmap)) => PolicySource::ConfigMap { configmap },
         (None, None) => PolicySource::BuiltIn,
     };
     let tls = match args.tls_cert.zip(args.tls_key) {
@@ -128,23 +137,40 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let mut options = ServeOptions::new(listen, metrics_listen, tls);
         limits.apply(&mut options);
-        let client = match &policy_source {
-            PolicySource::ConfigMap { kubeconfig, .. } => Some(kube_client(kubeconfig.as_deref()).await?),
-            _ => None,
+        let needs_client = matches!(policy_source, PolicySource::ConfigMap { .. }) || watch_namespaces;
+        let client = match needs_client {
+            true => Some(kube_client(kubeconfig.as_deref()).await?),
+            false => None,
         };
-        options.policy_events = client.clone();
+        if matches!(policy_source, PolicySource::ConfigMap { .. }) {
+            options.policy_events = client.clone();
+        }
+        // The watches loop until aborted; should one stop (a panic), the webhook would go on
+        // enforcing a policy no edit can change, or labels no edit reaches, so the process
+        // stops instead, non-zero, and the Deployment restarts it.
+        let mut watches = JoinSet::new();
+        if let (true, Some(client)) = (watch_namespaces, &client) {
+            let (labels, watch) = registry_gate::namespaces::NamespaceLabels::watch(client.clone());
+            options.namespaces = labels;
+            watches.spawn(async move {
+                watch.await;
+                "the namespace watch stopped"
+            });
+        }
         let server = Server::bind(options, store.clone()).await?;
-        // The policy reloader loops until aborted; should it stop (a panic), the webhook would
-        // go on enforcing a policy no edit can change, so the process stops instead, non-zero,
-        // and the Deployment restarts it.
-        let mut reloader = JoinSet::new();
         match (policy_source, client) {
             (PolicySource::File(path), _) => {
                 let poll = std::time::Duration::from_millis(limits.policy_poll_millis.max(1));
-                reloader.spawn(source::watch_file(path, loaded_text, store, poll));
+                watches.spawn(async move {
+                    source::watch_file(path, loaded_text, store, poll).await;
+                    "the policy reloader stopped"
+                });
             }
-            (PolicySource::ConfigMap { configmap, .. }, Some(client)) => {
-                reloader.spawn(source::watch_configmap(client, configmap, store));
+            (PolicySource::ConfigMap { configmap }, Some(client)) => {
+                watches.spawn(async move {
+                    source::watch_configmap(client, configmap, store).await;
+                    "the policy reloader stopped"
+                });
             }
             _ => {}
         }
@@ -158,9 +184,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let shutdown = async move {
             tokio::select! {
                 () = shutdown_signal() => {}
-                Some(ended) = reloader.join_next() => {
-                    let why = if ended.is_err() { "the policy reloader panicked" } else { "the policy reloader stopped" };
-                    tracing::error!(target: "registry_gate::policy", reason = why, "shutting down");
+                Some(ended) = watches.join_next() => {
+                    let why = ended.unwrap_or("a watch panicked");
+                    tracing::error!(target: "registry_gate::server", reason = why, "shutting down");
                     let _ = failed_tx.send(why);
                 }
             }

@@ -38,7 +38,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use prometheus::{Encoder, IntCounter, IntGaugeVec, Opts, Registry, TextEncoder};
 use tokio::time::Instant;
 
-use crate::policy::PolicyStore;
+use crate::policy::{self, PolicyStore};
 use sync::{CopyState, SourceVerdict, Written};
 
 /// How the controller runs.
@@ -295,7 +295,8 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<A
         return Ok(resync);
     }
     let snapshot = context.policy.current().ok_or(ControllerError::NoPolicy)?;
-    let wanted = sync::wanted_copies(&snapshot.policy, &name);
+    let labels = namespace.metadata.labels.as_ref().unwrap_or(&policy::NO_LABELS);
+    let wanted = sync::wanted_copies(&snapshot.policy, &policy::Namespace::labelled(&name, labels));
     let api: Api<Secret> = Api::namespaced(context.client.clone(), &name);
     let listed = api
         .list(&ListParams::default().labels(&format!("{}={}", sync::MANAGED_LABEL, sync::MANAGED_VALUE)))

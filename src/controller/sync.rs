@@ -20,7 +20,7 @@ use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::{Api, ResourceExt};
 
 use crate::credentials::{self, SourceProblem};
-use crate::policy::{Policy, Registry};
+use crate::policy::{Namespace, Policy, Registry};
 
 /// The label that marks a Secret as a copy registry-gate manages.
 pub const MANAGED_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -82,9 +82,9 @@ pub struct WantedCopy<'p> {
 }
 
 /// The copies a namespace should hold by the policy alone, by Secret name.
-pub fn wanted_copies<'p>(policy: &'p Policy, namespace: &str) -> BTreeMap<String, WantedCopy<'p>> {
+pub fn wanted_copies<'p>(policy: &'p Policy, namespace: &Namespace<'_>) -> BTreeMap<String, WantedCopy<'p>> {
     let mut wanted: BTreeMap<String, WantedCopy<'p>> = BTreeMap::new();
-    if policy.is_exempt(namespace) {
+    if policy.is_exempt(namespace.name) {
         return wanted;
     }
     for registry in &policy.registries {
@@ -242,7 +242,7 @@ registries:
     fn copies_follow_scope_exemptions_and_shared_names() {
         let policy = Policy::parse(POLICY).expect("valid policy");
         let names = |namespace: &str| -> Vec<(String, Vec<String>)> {
-            wanted_copies(&policy, namespace)
+            wanted_copies(&policy, &Namespace::labelled(namespace, &crate::policy::NO_LABELS))
                 .into_values()
                 .map(|w| (w.name, w.registries.iter().map(|r| r.name.clone()).collect()))
                 .collect()
@@ -254,9 +254,36 @@ registries:
     }
 
     #[test]
+    fn copies_follow_namespace_labels_as_admission_does() {
+        let text = format!(
+            "{POLICY}  - {{name: pay, type: Generic, url: pay.corp.example, pullSecret: pay-pull, namespaceSelector: {{matchLabels: {{team: payments}}}}}}\n"
+        );
+        let policy = Policy::parse(&text).expect("valid policy");
+        let has_pay = |labels: &crate::policy::Labels| {
+            wanted_copies(&policy, &Namespace::labelled("shop", labels)).contains_key("pay-pull")
+        };
+        let payments: crate::policy::Labels = [("team".to_owned(), "payments".to_owned())].into();
+        let search: crate::policy::Labels = [("team".to_owned(), "search".to_owned())].into();
+        assert!(has_pay(&payments));
+        assert!(!has_pay(&search));
+        assert!(!has_pay(&crate::policy::NO_LABELS));
+        // The same scope decides admission.
+        let image = crate::image::Reference::parse("pay.corp.example/api:1").expect("valid image");
+        let allowed = |labels| {
+            matches!(
+                policy.decide(&image, &Namespace::labelled("shop", labels)),
+                crate::policy::Decision::Allowed(_)
+            )
+        };
+        assert!(allowed(&payments) && !allowed(&search));
+    }
+
+    #[test]
     fn a_hand_edited_copy_does_not_hold_its_hash() {
         let policy = Policy::parse(POLICY).expect("valid policy");
-        let wanted = wanted_copies(&policy, "shop").remove("ghcr-acme").expect("wanted");
+        let wanted = wanted_copies(&policy, &Namespace::labelled("shop", &crate::policy::NO_LABELS))
+            .remove("ghcr-acme")
+            .expect("wanted");
         let data = BTreeMap::from([(".dockerconfigjson".to_owned(), ByteString(b"{\"auths\":{}}".to_vec()))]);
         let plain: BTreeMap<String, Vec<u8>> = data.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect();
         let hash = credentials::content_hash(&plain);

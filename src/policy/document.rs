@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use super::pattern::RegistryPattern;
 use super::registry_type::RegistryType;
+use super::selector::{NamespaceSelector, Requirement, label_key_problem, label_value_problem};
 use super::{DenyRule, Mode, NamespacePattern, Policy, Registry};
 use crate::yaml::{self, Node, Value};
 
@@ -252,7 +253,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
 const POLICY_FIELDS: &[&str] =
     &["apiVersion", "kind", "mode", "shortNameRegistry", "exemptNamespaces", "registries", "deny"];
 const REGISTRY_FIELDS: &[&str] =
-    &["name", "type", "url", "pullSecret", "credentials", "namespaces", "description"];
+    &["name", "type", "url", "pullSecret", "credentials", "namespaces", "namespaceSelector", "description"];
+const SELECTOR_FIELDS: &[&str] = &["matchLabels", "matchExpressions"];
+const REQUIREMENT_FIELDS: &[&str] = &["key", "operator", "values"];
 const DENY_FIELDS: &[&str] = &["url", "reason"];
 
 fn decode_policy(root: &Node, problems: &mut Problems) -> Option<Policy> {
@@ -436,6 +439,9 @@ fn decode_registry(node: &Node, index: usize, problems: &mut Problems) -> Option
         }
         patterns
     });
+    let namespace_selector = fields
+        .get("namespaceSelector")
+        .and_then(|node| decode_selector(node, &fields.field_path("namespaceSelector"), problems));
     fields.string("description", problems);
     Some(Registry {
         name: name?.0.to_owned(),
@@ -445,9 +451,125 @@ fn decode_registry(node: &Node, index: usize, problems: &mut Problems) -> Option
         pull_secret: pull_secret.map(str::to_owned),
         node_credentials,
         namespaces,
+        namespace_selector,
         line: node.line,
         position: index,
     })
+}
+
+/// A Kubernetes `LabelSelector`. An empty one selects every namespace, so, like a wildcard-only
+/// name pattern, it is refused rather than read as a scope.
+fn decode_selector(node: &Node, path: &str, problems: &mut Problems) -> Option<NamespaceSelector> {
+    let fields = Fields::of(node, path, SELECTOR_FIELDS, problems)?;
+    let mut match_labels = Vec::new();
+    if let Some(labels) = fields.get("matchLabels") {
+        let labels_path = fields.field_path("matchLabels");
+        match &labels.value {
+            Value::Mapping(entries) => {
+                for (key, value) in entries {
+                    let (Some(key_text), Some(value_text)) = (key.as_str(), value.as_str()) else {
+                        problems.add(&labels_path, key.line, "maps label keys to string values");
+                        continue;
+                    };
+                    let entry_path = join(&labels_path, key_text);
+                    if let Some(problem) = label_key_problem(key_text) {
+                        problems.add(&entry_path, key.line, problem);
+                    } else if match_labels.iter().any(|(k, _)| k == key_text) {
+                        problems.add(&entry_path, key.line, "is given twice");
+                    }
+                    if let Some(problem) = label_value_problem(value_text) {
+                        problems.add(&entry_path, value.line, problem);
+                    }
+                    match_labels.push((key_text.to_owned(), value_text.to_owned()));
+                }
+            }
+            _ => problems.add(
+                &labels_path,
+                labels.line,
+                format!("must be a mapping, not {}", labels.kind_name()),
+            ),
+        }
+    }
+    let mut match_expressions = Vec::new();
+    if let Some((items, _)) = fields.list("matchExpressions", problems) {
+        let list_path = fields.field_path("matchExpressions");
+        for (i, item) in items.iter().enumerate() {
+            let item_path = format!("{list_path}[{i}]");
+            if let Some(requirement) = decode_requirement(item, &item_path, problems) {
+                match_expressions.push(requirement);
+            }
+        }
+    }
+    if match_labels.is_empty() && match_expressions.is_empty() {
+        problems.add(path, node.line, "selects every namespace; leave it out to admit all");
+        return None;
+    }
+    Some(NamespaceSelector { match_labels, match_expressions })
+}
+
+fn decode_requirement(node: &Node, path: &str, problems: &mut Problems) -> Option<Requirement> {
+    let fields = Fields::of(node, path, REQUIREMENT_FIELDS, problems)?;
+    let (key, key_line) = fields.required_string("key", problems)?;
+    if let Some(problem) = label_key_problem(key) {
+        problems.add(&fields.field_path("key"), key_line, problem);
+    }
+    let (operator, operator_line) = fields.required_string("operator", problems)?;
+    let values = match fields.list("values", problems) {
+        Some((items, _)) => {
+            let values_path = fields.field_path("values");
+            let mut values = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                let item_path = format!("{values_path}[{i}]");
+                match item.as_str() {
+                    Some(text) => {
+                        if let Some(problem) = label_value_problem(text) {
+                            problems.add(&item_path, item.line, problem);
+                        }
+                        values.push(text.to_owned());
+                    }
+                    None => problems.add(
+                        &item_path,
+                        item.line,
+                        format!("must be a string, not {}", item.kind_name()),
+                    ),
+                }
+            }
+            values
+        }
+        None => Vec::new(),
+    };
+    let key = key.to_owned();
+    let values_line = fields.get("values").map_or(operator_line, |n| n.line);
+    match operator {
+        "In" | "NotIn" if values.is_empty() => {
+            problems.add(
+                &fields.field_path("values"),
+                values_line,
+                format!("must name at least one value for {operator}"),
+            );
+            None
+        }
+        "Exists" | "DoesNotExist" if !values.is_empty() => {
+            problems.add(
+                &fields.field_path("values"),
+                values_line,
+                format!("must be left out for {operator}"),
+            );
+            None
+        }
+        "In" => Some(Requirement::In { key, values }),
+        "NotIn" => Some(Requirement::NotIn { key, values }),
+        "Exists" => Some(Requirement::Exists { key }),
+        "DoesNotExist" => Some(Requirement::DoesNotExist { key }),
+        other => {
+            problems.add(
+                &fields.field_path("operator"),
+                operator_line,
+                format!("is {other:?}; it is In, NotIn, Exists or DoesNotExist"),
+            );
+            None
+        }
+    }
 }
 
 fn decode_deny(node: &Node, index: usize, problems: &mut Problems) -> Option<DenyRule> {

@@ -7,6 +7,7 @@ mod document;
 mod matcher;
 mod pattern;
 mod registry_type;
+mod selector;
 pub mod source;
 mod store;
 
@@ -20,6 +21,7 @@ use matcher::{Index, PATH_BUF_LEN, join_path};
 use pattern::{HOST_BUF_LEN, canonical_host, is_canonical_host};
 pub use pattern::{HostPattern, RegistryPattern};
 pub use registry_type::{Credentials, RegistryType};
+pub use selector::{Labels, NO_LABELS, Namespace, NamespaceSelector, Requirement};
 pub use store::{PolicySnapshot, PolicyStore};
 
 /// What a denial does.
@@ -56,6 +58,8 @@ pub struct Registry {
     pub node_credentials: bool,
     /// Namespaces allowed to pull from it; `None` for all.
     pub namespaces: Option<Vec<NamespacePattern>>,
+    /// Labels those namespaces must carry as well; `None` for any.
+    pub namespace_selector: Option<NamespaceSelector>,
     /// Where the entry starts in the policy document.
     pub line: usize,
     /// Index in the policy's `registries`, for per-registry counters.
@@ -63,8 +67,24 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn admits_namespace(&self, namespace: &str) -> bool {
-        self.namespaces.as_ref().is_none_or(|patterns| patterns.iter().any(|p| p.matches(namespace)))
+    /// Whether the namespace is in this registry's scope: its name matches one of the patterns
+    /// and its labels match the selector. Unknown labels match no selector (fail closed).
+    pub fn admits_namespace(&self, namespace: &Namespace<'_>) -> bool {
+        self.namespaces.as_ref().is_none_or(|patterns| patterns.iter().any(|p| p.matches(namespace.name)))
+            && self
+                .namespace_selector
+                .as_ref()
+                .is_none_or(|selector| namespace.labels.is_some_and(|labels| selector.matches(labels)))
+    }
+
+    /// The scope in words, for denial messages: `namespaces prod-*, ops with labels team=payments`.
+    fn scope(&self) -> String {
+        let names = self.namespaces.iter().flatten().map(ToString::to_string).collect::<Vec<_>>();
+        match (&self.namespace_selector, names.is_empty()) {
+            (None, _) => format!("namespaces {}", names.join(", ")),
+            (Some(selector), true) => format!("namespaces labelled {selector}"),
+            (Some(selector), false) => format!("namespaces {} labelled {selector}", names.join(", ")),
+        }
     }
 }
 
@@ -119,6 +139,8 @@ pub struct Policy {
     /// `policy validate`, at the door, and in the log when the policy loads.
     pub warnings: Vec<Problem>,
     index: Index,
+    /// Whether any entry has a namespace selector, so that decisions need namespace labels.
+    uses_namespace_labels: bool,
 }
 
 /// The verdict on one image.
@@ -171,7 +193,23 @@ impl Policy {
             registry.position = position;
         }
         let index = Index::build(registries.iter().map(|r| &r.pattern), deny.iter().map(|d| &d.pattern));
-        Policy { mode, short_name_host, exempt_namespaces, registries, deny, warnings: Vec::new(), index }
+        let uses_namespace_labels = registries.iter().any(|r| r.namespace_selector.is_some());
+        Policy {
+            mode,
+            short_name_host,
+            exempt_namespaces,
+            registries,
+            deny,
+            warnings: Vec::new(),
+            index,
+            uses_namespace_labels,
+        }
+    }
+
+    /// Whether some entry is scoped by namespace labels: only then does a decision need them,
+    /// and the webhook looks them up.
+    pub fn uses_namespace_labels(&self) -> bool {
+        self.uses_namespace_labels
     }
 
     /// What `newer` switches off that this policy enforced, in words for the person making the
@@ -203,7 +241,7 @@ impl Policy {
     /// Decides one parsed image for a namespace. Deny rules win over every entry; otherwise the
     /// most specific entry decides, including its namespace scope, so that a narrow entry
     /// scoped to some namespaces keeps the others out of that part of the registry.
-    pub fn decide<'p>(&'p self, image: &Reference<'_>, namespace: &str) -> Decision<'p> {
+    pub fn decide<'p>(&'p self, image: &Reference<'_>, namespace: &Namespace<'_>) -> Decision<'p> {
         let domain = if image.is_short_name() { self.short_name_host.key() } else { image.domain() };
         // The buffers are initialised only on the paths that need them: zeroing them on every
         // decision was a tenth of its cost.
@@ -259,7 +297,11 @@ impl Policy {
     }
 
     /// Parses and decides one image string.
-    pub fn check<'p, 'i>(&'p self, image: &'i str, namespace: &str) -> (Option<Reference<'i>>, Decision<'p>) {
+    pub fn check<'p, 'i>(
+        &'p self,
+        image: &'i str,
+        namespace: &Namespace<'_>,
+    ) -> (Option<Reference<'i>>, Decision<'p>) {
         match Reference::parse(image) {
             Ok(reference) => {
                 let decision = self.decide(&reference, namespace);
@@ -274,7 +316,7 @@ impl Policy {
         &self,
         reference: Option<&Reference<'_>>,
         denial: &Denial<'_>,
-        namespace: &str,
+        namespace: &Namespace<'_>,
     ) -> String {
         let name = reference.map(|r| r.name().to_string()).unwrap_or_default();
         match denial {
@@ -284,13 +326,17 @@ impl Policy {
                 format!("{name} is not in any registered registry; {hint}")
             }
             Denial::NamespaceNotAllowed(registry) => {
-                let admitted: Vec<String> =
-                    registry.namespaces.iter().flatten().map(ToString::to_string).collect();
+                let unknown = if registry.namespace_selector.is_some() && namespace.labels.is_none() {
+                    " (the namespace's labels are not known to registry-gate yet)"
+                } else {
+                    ""
+                };
                 format!(
-                    "registry {:?} ({}) may not be used in namespace {namespace:?}; it admits namespaces {}",
+                    "registry {:?} ({}) may not be used in namespace {:?}; it admits {}{unknown}",
                     registry.name,
                     registry.url,
-                    admitted.join(", ")
+                    namespace.name,
+                    registry.scope()
                 )
             }
             Denial::DenyListed(rule) => match &rule.reason {
@@ -302,7 +348,7 @@ impl Policy {
 
     /// For a denied user: the registered URLs on the image's host, or on any host when there
     /// are none there. Off the hot path; it scans the entries.
-    pub fn hint(&self, image: &Reference<'_>, namespace: &str) -> String {
+    pub fn hint(&self, image: &Reference<'_>, namespace: &Namespace<'_>) -> String {
         let domain = if image.is_short_name() { self.short_name_host.key() } else { image.domain() };
         let mut buf = [0; HOST_BUF_LEN];
         let Some(host) = canonical_host(domain, &mut buf) else {
@@ -320,7 +366,7 @@ impl Policy {
         }
         let any: Vec<&str> = admitted.map(|r| r.url.as_str()).take(5).collect();
         if any.is_empty() {
-            format!("no registry is registered for namespace {namespace:?}")
+            format!("no registry is registered for namespace {:?}", namespace.name)
         } else {
             format!("registered: {}", any.join(", "))
         }

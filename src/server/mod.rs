@@ -37,6 +37,7 @@ use tower_http::timeout::TimeoutLayer;
 use crate::admission::review::{Request, ReviewError};
 use crate::admission::{self, Webhook};
 use crate::metrics::Metrics;
+use crate::namespaces::NamespaceLabels;
 use crate::policy::PolicyStore;
 use tls::{CertificateFiles, ReloadingCertificate, TlsError};
 
@@ -75,6 +76,9 @@ pub struct ServeOptions {
     /// Where policy edits that weaken enforcement are recorded as Events naming their author;
     /// none without a cluster (a policy file needs no door).
     pub policy_events: Option<kube::Client>,
+    /// Namespace labels, for registries scoped by a `namespaceSelector`; unwatched without a
+    /// cluster (such registries then admit nothing).
+    pub namespaces: NamespaceLabels,
 }
 
 impl ServeOptions {
@@ -93,6 +97,7 @@ impl ServeOptions {
             idle_timeout: Duration::from_secs(120),
             body_budget_bytes: 32 * 1024 * 1024,
             policy_events: None,
+            namespaces: NamespaceLabels::unwatched(),
         }
     }
 }
@@ -167,11 +172,13 @@ impl Server {
             let _ = stop_tx.send(true);
             failure
         });
-        let operations = tokio::spawn(serve_operations(self.operations, self.store.clone(), stop_rx.clone()));
+        let readiness = Readiness { store: self.store.clone(), namespaces: self.options.namespaces.clone() };
+        let operations = tokio::spawn(serve_operations(self.operations, readiness, stop_rx.clone()));
         let metrics = self.store.metrics().clone();
         let budget = limits::BodyBudget::new(self.options.body_budget_bytes, metrics.clone());
         let state = Arc::new(WebhookState {
             store: self.store,
+            namespaces: self.options.namespaces.clone(),
             policy_events: self.options.policy_events.clone().map(crate::policy::source::recorder),
         });
         let closing = Arc::new(AtomicBool::new(false));
@@ -190,6 +197,7 @@ impl Server {
 /// What the webhook's handlers share.
 struct WebhookState {
     store: Arc<PolicyStore>,
+    namespaces: NamespaceLabels,
     policy_events: Option<kube::runtime::events::Recorder>,
 }
 
@@ -339,12 +347,19 @@ async fn close_when_stopping(
     response
 }
 
-async fn serve_operations(listener: TcpListener, store: Arc<PolicyStore>, mut stop: watch::Receiver<bool>) {
+/// What `/readyz` waits for: a policy, and the namespace labels when they are watched.
+#[derive(Clone)]
+struct Readiness {
+    store: Arc<PolicyStore>,
+    namespaces: NamespaceLabels,
+}
+
+async fn serve_operations(listener: TcpListener, readiness: Readiness, mut stop: watch::Receiver<bool>) {
     let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(store);
+        .with_state(readiness);
     let shutdown = async move {
         let _ = stop.changed().await;
     };
@@ -353,7 +368,7 @@ async fn serve_operations(listener: TcpListener, store: Arc<PolicyStore>, mut st
     }
 }
 
-async fn metrics(State(store): State<Arc<PolicyStore>>) -> Response {
+async fn metrics(State(Readiness { store, .. }): State<Readiness>) -> Response {
     // The audit log's rate limit counts in a static of its own (it has no metrics to hand).
     let suppressed = &store.metrics().audit_lines_suppressed;
     suppressed.inc_by(admission::audit::AUDIT_LINES.suppressed_total().saturating_sub(suppressed.get()));
@@ -361,8 +376,11 @@ async fn metrics(State(store): State<Arc<PolicyStore>>) -> Response {
     ([(header::CONTENT_TYPE, content_type)], store.metrics().render()).into_response()
 }
 
-async fn ready(State(store): State<Arc<PolicyStore>>) -> Response {
+async fn ready(State(Readiness { store, namespaces }): State<Readiness>) -> Response {
     match store.current() {
+        Some(_) if !namespaces.is_ready() => {
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready: namespace labels not loaded yet\n").into_response()
+        }
         Some(snapshot) => {
             format!("ready: policy generation {} from {}\n", snapshot.generation, snapshot.source)
                 .into_response()
@@ -372,11 +390,11 @@ async fn ready(State(store): State<Arc<PolicyStore>>) -> Response {
 }
 
 async fn validate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response {
-    review(&state.store, Webhook::Validate, &body)
+    review(&state.store, &state.namespaces, Webhook::Validate, &body)
 }
 
 async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response {
-    review(&state.store, Webhook::Mutate, &body)
+    review(&state.store, &state.namespaces, Webhook::Mutate, &body)
 }
 
 /// Reviews of the policy ConfigMap need no policy in force: they are how a first one arrives.
@@ -435,7 +453,7 @@ fn operation_label(operation: &str) -> &'static str {
 }
 
 /// AdmissionReview bytes in, AdmissionReview bytes out. Synchronous: a decision never waits.
-pub fn review(store: &PolicyStore, webhook: Webhook, body: &[u8]) -> Response {
+pub fn review(store: &PolicyStore, namespaces: &NamespaceLabels, webhook: Webhook, body: &[u8]) -> Response {
     let started = Instant::now();
     let metrics = store.metrics();
     let guard = store.in_force();
@@ -454,7 +472,10 @@ pub fn review(store: &PolicyStore, webhook: Webhook, body: &[u8]) -> Response {
     };
     let operation = operation_label(request.operation());
     let kind = kind_label(request.kind());
-    let answer = admission::answer(webhook, request, snapshot);
+    // Looked up only when some registry is scoped by labels: most policies never pay for it.
+    let entry =
+        snapshot.policy.uses_namespace_labels().then(|| namespaces.get(request.namespace())).flatten();
+    let answer = admission::answer(webhook, request, snapshot, entry.as_ref().map(|e| e.labels()));
     metrics.requests.with_label_values(&[operation, kind, answer.outcome.label()]).inc();
     let body = answer.response.to_review_json();
     metrics.duration.observe(started.elapsed().as_secs_f64());

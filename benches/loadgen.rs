@@ -854,6 +854,8 @@ mod client {
         addr: SocketAddr,
         tls: TlsConnector,
         body: Bytes,
+        /// The address connections come from; the system's choice when `None`.
+        source: Option<std::net::IpAddr>,
     }
 
     /// Why a new connection failed: the TCP connect, or the TLS handshake after it.
@@ -883,7 +885,7 @@ mod client {
         /// A target offering one ALPN protocol: `h2` for the HTTP/2 abuse.
         pub fn with_alpn(addr: SocketAddr, ca: &Path, body: Bytes, alpn: &[u8]) -> anyhow::Result<Self> {
             let config = Target::config(ca, alpn)?;
-            Ok(Target { addr, tls: TlsConnector::from(Arc::new(config)), body })
+            Ok(Target { addr, tls: TlsConnector::from(Arc::new(config)), body, source: None })
         }
 
         /// A target whose every connection makes a full handshake. By default rustls resumes
@@ -892,7 +894,7 @@ mod client {
         pub fn without_resumption(addr: SocketAddr, ca: &Path, body: Bytes) -> anyhow::Result<Self> {
             let mut config = Target::config(ca, b"http/1.1")?;
             config.resumption = rustls::client::Resumption::disabled();
-            Ok(Target { addr, tls: TlsConnector::from(Arc::new(config)), body })
+            Ok(Target { addr, tls: TlsConnector::from(Arc::new(config)), body, source: None })
         }
 
         fn config(ca: &Path, alpn: &[u8]) -> anyhow::Result<ClientConfig> {
@@ -905,6 +907,13 @@ mod client {
             Ok(config)
         }
 
+        /// The same target, connecting from `source`: on Linux every address of 127/8 is on the
+        /// loopback interface, so 127.0.0.2 is a client apart from 127.0.0.1 to the server.
+        pub fn with_source(mut self, source: std::net::IpAddr) -> Self {
+            self.source = Some(source);
+            self
+        }
+
         /// The body `validate` sends.
         pub fn body(&self) -> &Bytes {
             &self.body
@@ -914,7 +923,19 @@ mod client {
         pub async fn connect_tls(
             &self,
         ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ConnectError> {
-            let tcp = tokio::net::TcpStream::connect(self.addr).await.map_err(ConnectError::Tcp)?;
+            let tcp = match self.source {
+                None => tokio::net::TcpStream::connect(self.addr).await,
+                Some(source) => {
+                    let socket = match source {
+                        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+                    }
+                    .map_err(ConnectError::Tcp)?;
+                    socket.bind(SocketAddr::new(source, 0)).map_err(ConnectError::Tcp)?;
+                    socket.connect(self.addr).await
+                }
+            }
+            .map_err(ConnectError::Tcp)?;
             tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
             let name = ServerName::try_from("localhost").expect("a valid DNS name");
             self.tls.connect(name, tcp).await.map_err(ConnectError::Handshake)

@@ -49,8 +49,11 @@ pub struct Metrics {
     /// `no-request` (no request within the header timeout of the handshake).
     pub connections_closed: IntCounterVec,
     /// `registry_gate_requests_shed_total`: requests answered 503 because the memory set aside
-    /// for request bodies was in use.
+    /// for request bodies was in use, by everyone or by their own client.
     pub requests_shed: IntCounter,
+    /// `registry_gate_requests_shed_per_client_total`: of those, the requests whose own client
+    /// (peer address) held its share of that memory.
+    pub requests_shed_per_client: IntCounter,
     /// `registry_gate_audit_lines_suppressed_total`: audit log lines dropped by the rate limit.
     pub audit_lines_suppressed: IntCounter,
 }
@@ -182,6 +185,11 @@ impl Metrics {
             "Requests answered 503 because the memory for request bodies was in use",
         )
         .expect("static");
+        let requests_shed_per_client = IntCounter::new(
+            "registry_gate_requests_shed_per_client_total",
+            "Requests answered 503 because their client held its share of the memory for request bodies (also counted in registry_gate_requests_shed_total)",
+        )
+        .expect("static");
         let audit_lines_suppressed = IntCounter::new(
             "registry_gate_audit_lines_suppressed_total",
             "Audit log lines dropped by the audit log's rate limit",
@@ -199,6 +207,7 @@ impl Metrics {
             Box::new(connections_open.clone()),
             Box::new(connections_closed.clone()),
             Box::new(requests_shed.clone()),
+            Box::new(requests_shed_per_client.clone()),
             Box::new(audit_lines_suppressed.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
@@ -216,6 +225,7 @@ impl Metrics {
             connections_open,
             connections_closed,
             requests_shed,
+            requests_shed_per_client,
             audit_lines_suppressed,
         }
     }

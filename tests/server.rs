@@ -3,7 +3,7 @@
 //! warnings, the mutation patch applied to the object, certificate rotation under a live
 //! connection, body limits, malformed input, health and metrics.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,8 +126,27 @@ enum Sender {
     Http2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
+/// A TCP connection to `addr` from the address `source` (Linux routes all of 127/8 on the
+/// loopback interface, so 127.0.0.2 is a second client of a server on 127.0.0.1).
+async fn tcp_from(source: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket =
+        if source.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
+}
+
 impl Client {
     async fn connect(addr: SocketAddr, ca_pem: &[u8], http2: bool) -> Result<Self, std::io::Error> {
+        Client::connect_from(addr, ca_pem, http2, None).await
+    }
+
+    /// A client whose connection comes from `source`, or from wherever the system picks.
+    async fn connect_from(
+        addr: SocketAddr,
+        ca_pem: &[u8],
+        http2: bool,
+        source: Option<IpAddr>,
+    ) -> Result<Self, std::io::Error> {
         let mut roots = RootCertStore::empty();
         for certificate in CertificateDer::pem_slice_iter(ca_pem) {
             roots.add(certificate.expect("PEM certificate")).expect("CA accepted");
@@ -136,7 +155,10 @@ impl Client {
         config.alpn_protocols = vec![if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
         // A resumed session would report the old certificate after a rotation.
         config.resumption = tokio_rustls::rustls::client::Resumption::disabled();
-        let stream = TcpStream::connect(addr).await?;
+        let stream = match source {
+            Some(source) => tcp_from(source, addr).await?,
+            None => TcpStream::connect(addr).await?,
+        };
         let server_name = ServerName::try_from("localhost").expect("valid name");
         let tls = TlsConnector::from(Arc::new(config)).connect(server_name, stream).await?;
         let peer_certificate = tls.get_ref().1.peer_certificates().expect("server certificate")[0].to_vec();
@@ -774,13 +796,25 @@ async fn a_stalled_client_does_not_hold_up_others() {
 
 /// A TLS connection that has finished its handshake and says nothing more.
 async fn raw_tls(server: &TestServer, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
+    raw_tls_from(server, alpn, None).await
+}
+
+/// [`raw_tls`] from the address `source`.
+async fn raw_tls_from(
+    server: &TestServer,
+    alpn: &[u8],
+    source: Option<IpAddr>,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut roots = RootCertStore::empty();
     for certificate in CertificateDer::pem_slice_iter(&server.ca()) {
         roots.add(certificate.expect("PEM certificate")).expect("CA accepted");
     }
     let mut config = ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
-    let stream = TcpStream::connect(server.webhook).await.expect("connect");
+    let stream = match source {
+        Some(source) => tcp_from(source, server.webhook).await.expect("connect"),
+        None => TcpStream::connect(server.webhook).await.expect("connect"),
+    };
     let name = ServerName::try_from("localhost").expect("valid name");
     TlsConnector::from(Arc::new(config)).connect(name, stream).await.expect("TLS handshake")
 }
@@ -903,6 +937,84 @@ async fn request_bodies_share_a_memory_budget() {
     assert_eq!(status, 200);
     let (_, metrics) = server.operations("/metrics").await;
     assert!(metrics.contains("registry_gate_requests_shed_total 1"), "{metrics}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_client_stalling_on_large_bodies_holds_only_its_share_of_the_budget() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const MIB: usize = 1024 * 1024;
+    let server = TestServer::start_with(POLICY, |options| {
+        // A client's share is then its floor: one largest body (3 MiB) and 1 MiB beside it.
+        options.body_budget_bytes = 8 * MIB;
+        options.request_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let greedy: IpAddr = [127, 0, 0, 1].into();
+    let other: IpAddr = [127, 0, 0, 2].into();
+    // The load generator's budget filler: declare a body, send a byte of it and stall; after a
+    // 503, halve the size, down to 1 KiB. Without a share per client it held all but the last
+    // KiB of the budget, and every other client's review was shed.
+    let mut held = Vec::new();
+    let mut declared = 3 * MIB;
+    while declared >= 1024 {
+        let mut stalled = raw_tls_from(&server, b"http/1.1", Some(greedy)).await;
+        let head = format!(
+            "POST /validate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {declared}\r\n\r\n{{"
+        );
+        stalled.write_all(head.as_bytes()).await.expect("write");
+        stalled.flush().await.expect("flush");
+        // A 503 comes at once; no answer means the server is waiting for the body, its size held.
+        let mut status_line = [0u8; 12];
+        match tokio::time::timeout(Duration::from_millis(500), stalled.read_exact(&mut status_line)).await {
+            Err(_) => held.push(stalled),
+            Ok(read) => {
+                read.expect("an answer");
+                assert_eq!(&status_line, b"HTTP/1.1 503", "{declared} bytes declared");
+                declared /= 2;
+            }
+        }
+    }
+    assert!(held.len() >= 2, "the greedy client holds bodies ({} of them)", held.len());
+    // An ordinary review of about 8 KiB.
+    let mut pod = object("pod");
+    pod["metadata"]["annotations"] = json!({"padding": "x".repeat(8 * 1024)});
+    let body = serde_json::to_vec(&review("Pod", "CREATE", &pod, None)).expect("JSON");
+    // Another client is served, over both protocols, even with a 2 MiB review.
+    for http2 in [false, true] {
+        let mut client =
+            Client::connect_from(server.webhook, &server.ca(), http2, Some(other)).await.expect("connect");
+        let (status, text) = client.post("/validate", body.clone()).await;
+        assert_eq!(status, 200, "http2 {http2}: {}", String::from_utf8_lossy(&text));
+    }
+    pod["metadata"]["annotations"] = json!({"padding": "x".repeat(2 * MIB)});
+    let large = serde_json::to_vec(&review("Pod", "CREATE", &pod, None)).expect("JSON");
+    let mut client =
+        Client::connect_from(server.webhook, &server.ca(), false, Some(other)).await.expect("connect");
+    assert_eq!(client.post("/validate", large).await.0, 200);
+    // The greedy client, from any of its connections, waits until it lets go of its bodies.
+    let (status, text) = server.client().await.post("/validate", body.clone()).await;
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&text));
+    assert!(String::from_utf8_lossy(&text).contains("from this client"));
+    drop(held);
+    let mut status = 0;
+    for _ in 0..50 {
+        status = server.client().await.post("/validate", body.clone()).await.0;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200, "its share returns when its connections close");
+    // Every request shed was shed for its client's share: the budget as a whole never ran out.
+    let (_, metrics) = server.operations("/metrics").await;
+    let counter = |name: &str| -> u64 {
+        let line = metrics.lines().find(|line| line.starts_with(&format!("{name} "))).expect(name);
+        line[name.len() + 1..].parse().expect("a count")
+    };
+    let shed = counter("registry_gate_requests_shed_total");
+    assert!(shed >= 2, "{metrics}");
+    assert_eq!(counter("registry_gate_requests_shed_per_client_total"), shed, "{metrics}");
     server.stop().await;
 }
 

@@ -27,6 +27,10 @@
 //! and the growth of its counters over each phase. The server logs to a file; the audit lines
 //! in it are counted per wall-clock second from their own timestamps.
 //!
+//! The attackers connect from 127.0.0.2 and the well-behaved client from 127.0.0.1, so the
+//! server sees two clients, as it would see the API server and a misbehaving pod, and each gets
+//! its own share of the body budget.
+//!
 //! The attackers run on a runtime of their own (2 threads) and the well-behaved client on
 //! another (1 thread and the schedule's ticker), but all of them share the machine's cores
 //! with the server: on a small machine the flood's client side takes CPU the server would use.
@@ -70,6 +74,8 @@ const RESET_PAUSE: Duration = Duration::from_millis(10);
 const FILL_CONNECTIONS: usize = 24;
 /// The filler stops halving here: a smaller body could not keep out an 8 KB review.
 const FILL_SMALLEST: usize = 1024;
+/// Where every attacker connects from; the well-behaved client connects from 127.0.0.1.
+const ATTACKER_SOURCE: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 /// Bounds on every attacker's loop, besides its deadline.
 const MAX_ATTEMPTS: u64 = 100_000;
 const MAX_RESETS_PER_CONNECTION: u64 = 200_000;
@@ -101,8 +107,10 @@ impl Attack {
 struct Setup {
     server: servers::ServerProcess,
     operations: SocketAddr,
-    /// HTTP/1.1 to the webhook; its body is the allowed review.
+    /// HTTP/1.1 to the webhook; its body is the allowed review. The well-behaved client's.
     h1: Arc<client::Target>,
+    /// The attackers' targets, HTTP/1.1 and HTTP/2, from ATTACKER_SOURCE.
+    attack_h1: Arc<client::Target>,
     h2: Arc<client::Target>,
     allowed: Bytes,
     denied: Bytes,
@@ -126,7 +134,13 @@ pub fn run() -> anyhow::Result<u64> {
     };
     let mut setup = Setup {
         h1: Arc::new(client::Target::new(server.addr, &files.ca, allowed.clone())?),
-        h2: Arc::new(client::Target::with_alpn(server.addr, &files.ca, allowed.clone(), b"h2")?),
+        attack_h1: Arc::new(
+            client::Target::new(server.addr, &files.ca, allowed.clone())?.with_source(ATTACKER_SOURCE),
+        ),
+        h2: Arc::new(
+            client::Target::with_alpn(server.addr, &files.ca, allowed.clone(), b"h2")?
+                .with_source(ATTACKER_SOURCE),
+        ),
         server,
         operations,
         allowed,
@@ -305,18 +319,23 @@ fn launch(
         Attack::All => {
             let flood = tally("flood (64 connections, denied reviews)");
             for _ in 0..FLOOD_CONNECTIONS {
-                let (target, body) = (setup.h1.clone(), setup.denied.clone());
+                let (target, body) = (setup.attack_h1.clone(), setup.denied.clone());
                 handles.push(runtime.spawn(flood_worker(target, body, deadline, flood.clone())));
             }
             let slow = tally("slowloris (400 connections, a head byte every 2 s)");
             for i in 0..SLOWLORIS_CONNECTIONS {
                 // Spread over the first second, as a real attack's connections would be.
                 let start = began + Duration::from_secs(1).mul_f64(i as f64 / SLOWLORIS_CONNECTIONS as f64);
-                handles.push(runtime.spawn(slowloris(setup.h1.clone(), start, deadline, slow.clone())));
+                handles.push(runtime.spawn(slowloris(
+                    setup.attack_h1.clone(),
+                    start,
+                    deadline,
+                    slow.clone(),
+                )));
             }
             let trickle = tally("body tricklers (16 connections, 3 MiB declared, a byte a second)");
             for _ in 0..TRICKLE_CONNECTIONS {
-                let target = setup.h1.clone();
+                let target = setup.attack_h1.clone();
                 handles.push(runtime.spawn(trickler(target, false, deadline, trickle.clone())));
             }
             let stall = tally("HTTP/2 stallers (4 connections x 32 streams, 3 MiB declared)");
@@ -331,7 +350,7 @@ fn launch(
         Attack::FillBudget => {
             let fill = tally("budget filler (24 connections, halving the declared body after a 503)");
             for _ in 0..FILL_CONNECTIONS {
-                handles.push(runtime.spawn(trickler(setup.h1.clone(), true, deadline, fill.clone())));
+                handles.push(runtime.spawn(trickler(setup.attack_h1.clone(), true, deadline, fill.clone())));
             }
         }
     }
@@ -890,13 +909,13 @@ fn render(
     );
     let _ = writeln!(
         out,
-        "- Server: `registry-gate serve`, {POLICY_SIZE}-registry policy, default limits (512 connections, 32 MiB of bodies, 5 s header timeout, 10 s request timeout, 32 HTTP/2 streams per connection, 100 audit lines/s). RSS after start {:.1} MiB; peak (VmHWM) over the whole run {:.1} MiB.",
+        "- Server: `registry-gate serve`, {POLICY_SIZE}-registry policy, default limits (512 connections, 32 MiB of bodies of which 8 MiB per client, 5 s header timeout, 10 s request timeout, 32 HTTP/2 streams per connection, 100 audit lines/s). RSS after start {:.1} MiB; peak (VmHWM) over the whole run {:.1} MiB.",
         mib(startup_rss),
         mib(peak_kib)
     );
     let _ = writeln!(
         out,
-        "- Well-behaved client: {GOOD_CONNECTIONS} keep-alive HTTP/1.1 connections, {GOOD_RATE:.0} allowed reviews/s between them on a fixed schedule for {} s; latency from the scheduled send time to the last byte of a 200 answer. 503s are counted apart (shed); anything else that is not a 200 allowing the Pod is an error. Attackers start {} s before its window and stop at its end.\n",
+        "- Well-behaved client: from 127.0.0.1, {GOOD_CONNECTIONS} keep-alive HTTP/1.1 connections, {GOOD_RATE:.0} allowed reviews/s between them on a fixed schedule for {} s; latency from the scheduled send time to the last byte of a 200 answer. 503s are counted apart (shed); anything else that is not a 200 allowing the Pod is an error. Attackers connect from {ATTACKER_SOURCE}, start {} s before its window and stop at its end.\n",
         PHASE.as_secs(),
         RAMP.as_secs()
     );

@@ -70,6 +70,11 @@ struct ServeLimits {
     /// MiB of request bodies held in memory at once; a request that does not fit gets 503.
     #[arg(long, default_value_t = 32, env = "REGISTRY_GATE_BODY_MEMORY_MIB")]
     body_memory_mib: usize,
+    /// MiB of request bodies one client (peer IP address) may hold at once, so that one client
+    /// cannot take the whole of --body-memory-mib; a request over it gets 503. Default: a
+    /// quarter of --body-memory-mib, at least 4. Never less than 3 (one largest body).
+    #[arg(long, env = "REGISTRY_GATE_BODY_MEMORY_PER_CLIENT_MIB")]
+    body_memory_per_client_mib: Option<usize>,
     /// How often the certificate files are checked for a rotation, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     certificate_poll_millis: u64,
@@ -83,6 +88,8 @@ impl ServeLimits {
         options.max_connections = self.max_connections;
         options.idle_timeout = std::time::Duration::from_secs(self.idle_timeout_seconds);
         options.body_budget_bytes = self.body_memory_mib.saturating_mul(1024 * 1024);
+        options.body_budget_per_client_bytes =
+            self.body_memory_per_client_mib.map(|mib| mib.saturating_mul(1024 * 1024));
         options.certificate_poll = std::time::Duration::from_millis(self.certificate_poll_millis.max(1));
     }
 }

@@ -7,6 +7,16 @@
 //!   declared `Content-Length` (3 MiB when none is declared) before the body is read, and held
 //!   until the answer is written. A request that does not fit is answered 503 at once, so 60
 //!   clients each stalling on a 3 MiB body hold the budget (32 MiB by default), not 180 MiB.
+//! - **Each client's share of the bodies**: a client (the peer IP address of the TCP
+//!   connection, whatever the number of its connections or HTTP/2 streams) may hold at most
+//!   its share of the budget at once: a quarter of it by default, never less than one largest
+//!   body (3 MiB) plus 1 MiB, so that one legitimate max-size review always fits beside a few
+//!   ordinary ones. A request over its client's share gets the same 503 + `Retry-After: 1`.
+//!   Without it, one client that declared large bodies and stalled, halving its size after each
+//!   503, held the whole budget, and 92–95% of another client's requests were shed for as long
+//!   as it lasted (the load generator's `abuse` mode, "budget filler"): memory was bounded,
+//!   availability was not. With it, such a client holds its share and the rest of the budget
+//!   stays for everyone else.
 //! - **Idle connections**: a connection with no request within the header timeout of its
 //!   handshake, or none for the idle timeout since its last one, is closed. HTTP/1.1 already
 //!   times out request heads itself; HTTP/2 has nothing of the kind, so a client that sends its
@@ -14,9 +24,27 @@
 //!
 //! With the defaults, the worst case is about 22 MiB at rest + 50 MiB of connections + 32 MiB
 //! of bodies, under the Deployment's 128 MiB limit.
+//!
+//! The API server is normally the webhook's only legitimate client, so the share mostly protects
+//! it from anything else that can reach the port. It is not the whole defence: a client with
+//! four addresses still fills the budget (IPv6 makes addresses cheap), so the webhook port
+//! should also be reachable only from the API server, by a NetworkPolicy that admits the
+//! control plane's addresses alone. Where every call arrives through one address (a
+//! konnectivity agent or another proxy in front of the API servers), that address's share is
+//! all the API server gets: 8 MiB by default, over a thousand typical 8 KiB reviews in flight;
+//! `--body-memory-per-client-mib` equal to `--body-memory-mib` turns the share off.
+//!
+//! Costs: a connection takes one short lock on the map of clients when it opens and one when it
+//! closes (the map holds an entry per address with a connection open, so at most
+//! `max_connections` entries). A request takes no lock of its own: one compare-and-swap on its
+//! client's counter beside the budget's semaphore (whose release takes tokio's own short
+//! lock, as before), an `Arc` cloned into the request's extensions (an atomic add and one small
+//! allocation) and taken out again by the middleware, and one atomic subtraction when it ends.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -29,21 +57,143 @@ use tokio::time::Instant;
 use super::MAX_BODY_BYTES;
 use crate::metrics::Metrics;
 
-/// Bytes of request bodies that may be in memory at once, across all connections.
+/// What a client's share is never less than: one largest body and room beside it for ordinary
+/// reviews (about 8 KiB each).
+pub(super) const MIN_CLIENT_SHARE: usize = MAX_BODY_BYTES + 1024 * 1024;
+
+/// The bytes one client may hold: `per_client` when given (at least one largest body, so that
+/// any legitimate review can be read), otherwise a quarter of the budget and at least
+/// [`MIN_CLIENT_SHARE`]. Never more than the budget, which would mean nothing.
+pub(super) fn client_share(budget: usize, per_client: Option<usize>) -> usize {
+    let share = match per_client {
+        Some(bytes) => bytes.max(MAX_BODY_BYTES),
+        None => (budget / 4).max(MIN_CLIENT_SHARE),
+    };
+    share.min(budget.max(MAX_BODY_BYTES))
+}
+
+/// Bytes of request bodies that may be in memory at once, across all connections, and how
+/// many of them one client may hold.
 #[derive(Clone)]
 pub(super) struct BodyBudget {
     bytes: Arc<Semaphore>,
+    /// The most one client may hold, in bytes.
+    share: usize,
+    clients: Arc<Mutex<HashMap<IpAddr, ClientEntry>>>,
     metrics: Metrics,
 }
 
+/// A client in the map: its counter, and how many of its connections are open.
+struct ClientEntry {
+    bodies: ClientBodies,
+    connections: usize,
+}
+
 impl BodyBudget {
-    pub(super) fn new(bytes: usize, metrics: Metrics) -> Self {
-        BodyBudget { bytes: Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))), metrics }
+    pub(super) fn new(bytes: usize, per_client: Option<usize>, metrics: Metrics) -> Self {
+        BodyBudget {
+            bytes: Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))),
+            share: client_share(bytes, per_client),
+            clients: Arc::new(Mutex::new(HashMap::new())),
+            metrics,
+        }
+    }
+
+    /// The client at `peer` opened a connection: its counter, shared with the client's other
+    /// connections, until the returned lease is dropped (when the connection closes).
+    pub(super) fn client(&self, peer: IpAddr) -> ClientLease {
+        // An IPv4 client of a dual-stack socket shows as ::ffff:a.b.c.d; one key either way.
+        let peer = peer.to_canonical();
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = clients
+            .entry(peer)
+            .or_insert_with(|| ClientEntry { bodies: ClientBodies::default(), connections: 0 });
+        entry.connections += 1;
+        ClientLease { bodies: entry.bodies.clone(), peer, clients: self.clients.clone() }
     }
 }
 
-/// Middleware: reserves a request's body size from the budget before the body is read.
-pub(super) async fn reserve_body(State(budget): State<BodyBudget>, request: Request, next: Next) -> Response {
+/// Bytes of request bodies one client holds, across its connections. Cloned into every
+/// request of the client's connections (as a request extension).
+#[derive(Clone, Default)]
+pub(super) struct ClientBodies(Arc<AtomicUsize>);
+
+impl ClientBodies {
+    /// Reserves `size` bytes if the client then holds no more than `share`.
+    fn reserve(self, size: usize, share: usize) -> Option<ClientHold> {
+        // Only the counter's own value matters: relaxed ordering suffices.
+        let fits = |held: usize| held.checked_add(size).filter(|&total| total <= share);
+        self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, fits).ok()?;
+        Some(ClientHold { bodies: self, size })
+    }
+
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Bytes a request holds of its client's share, given back when dropped.
+struct ClientHold {
+    bodies: ClientBodies,
+    size: usize,
+}
+
+impl Drop for ClientHold {
+    fn drop(&mut self) {
+        self.bodies.0.fetch_sub(self.size, Ordering::Relaxed);
+    }
+}
+
+/// A connection's hold on its client's entry in the map; the entry goes with the client's last
+/// connection, so the map holds no more entries than there are connections open.
+pub(super) struct ClientLease {
+    bodies: ClientBodies,
+    peer: IpAddr,
+    clients: Arc<Mutex<HashMap<IpAddr, ClientEntry>>>,
+}
+
+impl ClientLease {
+    /// What the connection's requests carry, to reserve from their client's share.
+    pub(super) fn bodies(&self) -> ClientBodies {
+        self.bodies.clone()
+    }
+}
+
+impl Drop for ClientLease {
+    fn drop(&mut self) {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = clients.get_mut(&self.peer) {
+            entry.connections -= 1;
+            if entry.connections == 0 {
+                // A request that outlived its connection keeps its own clone of the counter and
+                // gives its bytes back to it; a new connection starts a new one.
+                clients.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// 503 with `Retry-After: 1`: the body memory is in use, by everyone or by this client.
+fn busy(metrics: &Metrics, over_client_share: bool) -> Response {
+    metrics.requests_shed.inc();
+    let text = if over_client_share {
+        metrics.requests_shed_per_client.inc();
+        "registry-gate is busy reading other requests from this client\n"
+    } else {
+        "registry-gate is busy reading other requests\n"
+    };
+    let retry = [(header::RETRY_AFTER, HeaderValue::from_static("1"))];
+    (StatusCode::SERVICE_UNAVAILABLE, retry, text).into_response()
+}
+
+/// Middleware: reserves a request's body size from its client's share and from the budget
+/// before the body is read.
+pub(super) async fn reserve_body(
+    State(budget): State<BodyBudget>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -56,11 +206,18 @@ pub(super) async fn reserve_body(State(budget): State<BodyBudget>, request: Requ
         // Chunked or undeclared: it may be as large as any body can be.
         None => MAX_BODY_BYTES as u32,
     };
+    // Every connection's requests carry their client (`Tracked`); a request without one (none
+    // in the server) is bounded by the budget alone.
+    let _client_hold = match request.extensions_mut().remove::<ClientBodies>() {
+        Some(client) => match client.reserve(size as usize, budget.share) {
+            Some(hold) => Some(hold),
+            None => return busy(&budget.metrics, true),
+        },
+        None => None,
+    };
+    // Dropping `_client_hold` on this early return gives the client's bytes back.
     let Ok(_reservation) = budget.bytes.try_acquire_many(size) else {
-        budget.metrics.requests_shed.inc();
-        let retry = [(header::RETRY_AFTER, HeaderValue::from_static("1"))];
-        return (StatusCode::SERVICE_UNAVAILABLE, retry, "registry-gate is busy reading other requests\n")
-            .into_response();
+        return busy(&budget.metrics, false);
     };
     next.run(request).await
 }
@@ -126,11 +283,13 @@ impl Drop for InFlight {
     }
 }
 
-/// A connection's service, counting its requests for the idle watchdog.
+/// A connection's service, counting its requests for the idle watchdog and handing each its
+/// client's share of the body budget.
 #[derive(Clone)]
 pub(super) struct Tracked<S> {
     pub(super) inner: S,
     pub(super) activity: Arc<Activity>,
+    pub(super) client: ClientBodies,
 }
 
 impl<S, B> hyper::service::Service<hyper::Request<B>> for Tracked<S>
@@ -142,7 +301,8 @@ where
     type Error = S::Error;
     type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
-    fn call(&self, request: hyper::Request<B>) -> Self::Future {
+    fn call(&self, mut request: hyper::Request<B>) -> Self::Future {
+        request.extensions_mut().insert(self.client.clone());
         let in_flight = self.activity.begin();
         let answer = self.inner.call(request);
         Box::pin(async move {
@@ -169,6 +329,50 @@ pub(super) async fn idle(activity: &Activity, first_request: Duration, idle: Dur
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MIB: usize = 1024 * 1024;
+
+    #[test]
+    fn a_client_share_is_a_quarter_of_the_budget_and_always_fits_one_largest_body() {
+        assert_eq!(client_share(32 * MIB, None), 8 * MIB);
+        assert_eq!(client_share(64 * MIB, None), 16 * MIB);
+        assert_eq!(client_share(8 * MIB, None), MIN_CLIENT_SHARE, "one 3 MiB review and more beside it");
+        assert_eq!(
+            client_share(2 * MIB, None),
+            MAX_BODY_BYTES,
+            "at least one largest body, even over a smaller budget"
+        );
+        assert_eq!(client_share(32 * MIB, Some(12 * MIB)), 12 * MIB);
+        assert_eq!(client_share(32 * MIB, Some(MIB)), MAX_BODY_BYTES, "a largest body always fits");
+        assert_eq!(client_share(32 * MIB, Some(64 * MIB)), 32 * MIB, "as large as the budget: no share");
+    }
+
+    #[test]
+    fn a_client_holds_its_share_across_connections_and_its_entry_goes_with_them() {
+        let budget = BodyBudget::new(32 * MIB, None, Metrics::new());
+        let ip = |last: u8| IpAddr::from([10, 0, 0, last]);
+        let (first, second) = (budget.client(ip(1)), budget.client(ip(1)));
+        let other = budget.client(ip(2));
+        let held = first.bodies().reserve(3 * MIB, budget.share).expect("within the share");
+        let more = second.bodies().reserve(5 * MIB, budget.share).expect("the rest of the share");
+        assert_eq!(first.bodies().held(), 8 * MIB, "one counter for the client's connections");
+        assert!(second.bodies().reserve(1, budget.share).is_none(), "over the share, by any connection");
+        assert!(other.bodies().reserve(8 * MIB, budget.share).is_some(), "another client has its own");
+        drop(held);
+        assert_eq!(first.bodies().held(), 5 * MIB, "given back when dropped");
+        let again = first.bodies().reserve(3 * MIB, budget.share).expect("fits again");
+        // An IPv4 client is one client whichever socket family it arrives on.
+        let mapped = budget.client("::ffff:10.0.0.1".parse().expect("address"));
+        assert!(mapped.bodies().reserve(MIB, budget.share).is_none());
+        drop((first, second, mapped));
+        assert_eq!(budget.clients.lock().expect("lock").len(), 1, "only the other client is left");
+        // Holds that outlive their connections give their bytes back all the same.
+        let orphaned = again.bodies.clone();
+        drop((more, again));
+        assert_eq!(orphaned.held(), 0);
+        drop(other);
+        assert!(budget.clients.lock().expect("lock").is_empty());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_is_idle_after_its_deadlines_and_never_mid_request() {

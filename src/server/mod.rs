@@ -73,6 +73,10 @@ pub struct ServeOptions {
     pub idle_timeout: Duration,
     /// Bytes of request bodies in memory at once; a request that does not fit gets 503.
     pub body_budget_bytes: usize,
+    /// Bytes of request bodies one client (peer IP address) may hold at once; a request over
+    /// it gets 503 while others are still served. `None`: a quarter of `body_budget_bytes`,
+    /// and at least one largest body plus 1 MiB. Never less than one largest body (3 MiB).
+    pub body_budget_per_client_bytes: Option<usize>,
     /// Where policy edits that weaken enforcement are recorded as Events naming their author;
     /// none without a cluster (a policy file needs no door).
     pub policy_events: Option<kube::Client>,
@@ -96,6 +100,7 @@ impl ServeOptions {
             max_connections: 512,
             idle_timeout: Duration::from_secs(120),
             body_budget_bytes: 32 * 1024 * 1024,
+            body_budget_per_client_bytes: None,
             policy_events: None,
             namespaces: NamespaceLabels::unwatched(),
         }
@@ -175,15 +180,20 @@ impl Server {
         let readiness = Readiness { store: self.store.clone(), namespaces: self.options.namespaces.clone() };
         let operations = tokio::spawn(serve_operations(self.operations, readiness, stop_rx.clone()));
         let metrics = self.store.metrics().clone();
-        let budget = limits::BodyBudget::new(self.options.body_budget_bytes, metrics.clone());
+        let budget = limits::BodyBudget::new(
+            self.options.body_budget_bytes,
+            self.options.body_budget_per_client_bytes,
+            metrics.clone(),
+        );
         let state = Arc::new(WebhookState {
             store: self.store,
             namespaces: self.options.namespaces.clone(),
             policy_events: self.options.policy_events.clone().map(crate::policy::source::recorder),
         });
         let closing = Arc::new(AtomicBool::new(false));
-        let webhook = webhook_router(state, budget, closing.clone(), self.options.request_timeout);
-        serve_webhook(self.webhook, self.acceptor, webhook, &self.options, metrics, closing, stop_rx).await;
+        let webhook = webhook_router(state, budget.clone(), closing.clone(), self.options.request_timeout);
+        let connections = Connections { budget, metrics, closing };
+        serve_webhook(self.webhook, self.acceptor, webhook, &self.options, connections, stop_rx).await;
         let _ = operations.await;
         reloader_abort.abort();
         match stopped.await {
@@ -243,15 +253,23 @@ fn connection_builders(options: &ServeOptions) -> (Builder<TokioExecutor>, Build
     (http1, http2)
 }
 
+/// What the webhook's accept loop shares with its connections.
+struct Connections {
+    /// Each connection registers its client (peer address) for its share of the body budget.
+    budget: limits::BodyBudget,
+    metrics: Metrics,
+    closing: Arc<AtomicBool>,
+}
+
 async fn serve_webhook(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     router: Router,
     options: &ServeOptions,
-    metrics: Metrics,
-    closing: Arc<AtomicBool>,
+    connections: Connections,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Connections { budget, metrics, closing } = connections;
     let graceful = GracefulShutdown::new();
     let (http1, http2) = connection_builders(options);
     let connection_slots = Arc::new(Semaphore::new(options.max_connections));
@@ -282,7 +300,7 @@ async fn serve_webhook(
         let (http1, http2) = (http1.clone(), http2.clone());
         let router = router.clone();
         let watcher = graceful.watcher();
-        let metrics = metrics.clone();
+        let (metrics, budget) = (metrics.clone(), budget.clone());
         let (handshake_timeout, first_request_timeout, idle_timeout) =
             (options.handshake_timeout, options.header_timeout, options.idle_timeout);
         tokio::spawn(async move {
@@ -300,8 +318,13 @@ async fn serve_webhook(
             };
             let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") { http2 } else { http1 };
             let activity = limits::Activity::new();
-            let service =
-                limits::Tracked { inner: TowerToHyperService::new(router), activity: activity.clone() };
+            // The peer address of the accepted TCP connection, not anything the client says.
+            let client = budget.client(peer.ip());
+            let service = limits::Tracked {
+                inner: TowerToHyperService::new(router),
+                activity: activity.clone(),
+                client: client.bodies(),
+            };
             let connection =
                 watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
             metrics.connections_open.inc();

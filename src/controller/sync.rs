@@ -174,8 +174,10 @@ pub fn copy_of(
 /// What a write did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Written {
-    Created,
-    Replaced,
+    /// Created, now at this resource version.
+    Created(Option<String>),
+    /// Replaced, now at this resource version.
+    Replaced(Option<String>),
     /// A Secret of that name exists and is not ours; it was left alone.
     Conflict,
 }
@@ -191,18 +193,18 @@ pub async fn put_copy(
     match existing {
         Some(ours) => {
             copy.metadata.resource_version = ours.resource_version();
-            api.replace(&copy.name_any(), &PostParams::default(), &copy).await?;
-            Ok(Written::Replaced)
+            let written = api.replace(&copy.name_any(), &PostParams::default(), &copy).await?;
+            Ok(Written::Replaced(written.resource_version()))
         }
         None => match api.create(&PostParams::default(), &copy).await {
-            Ok(_) => Ok(Written::Created),
+            Ok(written) => Ok(Written::Created(written.resource_version())),
             Err(kube::Error::Api(status)) if status.code == 409 => {
                 // Ours, not yet in the cache (then the next pass replaces it), or a stranger's.
                 match api.get_opt(&copy.name_any()).await? {
                     Some(found) if is_managed(&found) => {
                         copy.metadata.resource_version = found.resource_version();
-                        api.replace(&copy.name_any(), &PostParams::default(), &copy).await?;
-                        Ok(Written::Replaced)
+                        let written = api.replace(&copy.name_any(), &PostParams::default(), &copy).await?;
+                        Ok(Written::Replaced(written.resource_version()))
                     }
                     _ => Ok(Written::Conflict),
                 }

@@ -24,6 +24,8 @@ mod apiserver;
 mod cluster;
 #[path = "e2e/gate.rs"]
 mod gate;
+#[path = "e2e/restart.rs"]
+mod restart;
 #[path = "e2e/sync.rs"]
 mod sync;
 
@@ -1017,5 +1019,19 @@ fn pull_secrets_are_synced() {
     s.finish(|| {
         let kept = dir.keep();
         println!("the controller's log is kept in {}", kept.display());
+    });
+}
+
+#[test]
+fn controller_converges_after_an_apiserver_restart() {
+    // exclusive() for the whole scenario; the apiserver it restarts is its own, as
+    // pull_secrets_are_synced may run meanwhile on the shared one (see e2e/restart.rs).
+    let _turn = exclusive();
+    let dir = scratch("restart");
+    let mut s = Scenarios::new();
+    restart::apiserver_restart(&mut s, dir.path());
+    s.finish(|| {
+        let kept = dir.keep();
+        println!("the controller's and the control plane's logs are kept in {}", kept.display());
     });
 }

@@ -9,6 +9,14 @@
 #                                                            exported, stop, exit with CMD's status
 #   start.sh --stop DIR                                      stop a background control plane
 #                                                            (DIR is its workdir) and delete DIR
+#   start.sh --stop-apiserver DIR                            stop only the kube-apiserver of a
+#                                                            running control plane: SIGTERM, wait
+#                                                            until its port refuses connections,
+#                                                            SIGKILL if it still runs after the
+#                                                            grace below; etcd keeps running
+#   start.sh --start-apiserver DIR                           start it again with the same command
+#                                                            line (port, etcd, certificates),
+#                                                            appending to its log; wait for /readyz
 #
 # Options / environment:
 #   --bin DIR     directory with etcd, kube-apiserver, kubectl
@@ -17,6 +25,8 @@
 #   --workdir DIR where certs, etcd data, logs, kubeconfig go (default: a new mktemp -d).
 #   --keep        do not delete the workdir on stop (logs stay for inspection)
 #   REGISTRY_GATE_CONTROLPLANE_TIMEOUT  seconds to wait for etcd and for /readyz (default 90)
+#   REGISTRY_GATE_APISERVER_STOP_GRACE  --stop-apiserver: seconds between SIGTERM and SIGKILL
+#                 (default 5; an apiserver with open watches drains them up to 60 s)
 #
 # What CMD (or a caller that sources DIR/env) gets:
 #   KUBECONFIG                    admin kubeconfig (client cert in group system:masters)
@@ -26,6 +36,7 @@
 #   REGISTRY_GATE_ADMIN_CERT / REGISTRY_GATE_ADMIN_KEY  admin client cert/key files
 #   REGISTRY_GATE_CONTROLPLANE_DIR  the workdir; ETCD_URL; ETCD_PID; APISERVER_PID;
 #   REGISTRY_GATE_CONTROLPLANE_BIN  the bin dir (so CMD can use "$REGISTRY_GATE_CONTROLPLANE_BIN/kubectl")
+#   (APISERVER_PID is empty in DIR/env while --stop-apiserver has the apiserver stopped)
 set -euo pipefail
 # The whole script is one { } block so bash parses it before running: editing
 # or updating this file while a build runs cannot break the running copy.
@@ -40,6 +51,7 @@ BIN_DIR="${REGISTRY_GATE_CONTROLPLANE_BIN:-}"
 WORKDIR=""
 KEEP=0
 STOP_DIR=""
+APISERVER_OP=""
 CMD=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -47,21 +59,33 @@ while [[ $# -gt 0 ]]; do
     --workdir) WORKDIR="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
     --stop) STOP_DIR="$2"; shift 2 ;;
+    --stop-apiserver) APISERVER_OP=stop; STOP_DIR="$2"; shift 2 ;;
+    --start-apiserver) APISERVER_OP=start; STOP_DIR="$2"; shift 2 ;;
     --) shift; CMD=("$@"); break ;;
-    -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,39p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
 
 # ---------------------------------------------------------------- stopping ---
+# Whether a process runs. A zombie does not: an apiserver started by --start-apiserver outlives
+# that call and is reparented to PID 1 (or a subreaper), which may never reap it.
+running() {
+  local pid="$1" stat
+  kill -0 "${pid}" 2>/dev/null || return 1
+  stat="$(cat "/proc/${pid}/stat" 2>/dev/null)" || return 0
+  stat="${stat##*) }"
+  [[ "${stat:0:1}" != Z ]]
+}
+
 # Stop one process by pid: SIGTERM, wait up to $2 seconds, then SIGKILL.
 stop_pid() {
   local pid="$1" grace="$2" name="$3" i
   [[ -n "${pid}" ]] || return 0
-  kill -0 "${pid}" 2>/dev/null || return 0
+  running "${pid}" || return 0
   kill -TERM "${pid}" 2>/dev/null || true
   for ((i = 0; i < grace * 10; i++)); do
-    kill -0 "${pid}" 2>/dev/null || { log "${name} (pid ${pid}) stopped"; return 0; }
+    running "${pid}" || { log "${name} (pid ${pid}) stopped"; return 0; }
     sleep 0.1
   done
   log "${name} (pid ${pid}) did not stop in ${grace}s; killing"
@@ -82,6 +106,141 @@ stop_dir() {
     rm -rf "${dir}"
   fi
 }
+
+# ---------------------------------------------------------------- helpers ----
+wait_for() { # name pid seconds command...
+  local name="$1" pid="$2" secs="$3" i
+  shift 3
+  for ((i = 0; i < secs * 4; i++)); do
+    running "${pid}" || die "${name} exited early"
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.25
+  done
+  die "${name} not ready after ${secs}s"
+}
+
+# Whether something accepts connections on 127.0.0.1:$1.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Starts kube-apiserver in the background (APISERVER_PID), with the one command line every start
+# uses, made of BIN_DIR, ETCD_URL, CERTS, APISERVER_PORT, APISERVER_URL and SETSID.
+# $1 = append: add to its log rather than start a new one.
+start_apiserver() {
+  local out="${WORKDIR}/logs/kube-apiserver.log"
+  [[ "${1:-}" == append ]] || : >"${out}"
+  log "starting kube-apiserver on ${APISERVER_URL}"
+  "${SETSID[@]}" "${BIN_DIR}/kube-apiserver" \
+    --etcd-servers="${ETCD_URL}" \
+    --cert-dir="${CERTS}" \
+    --tls-cert-file="${CERTS}/apiserver.crt" \
+    --tls-private-key-file="${CERTS}/apiserver.key" \
+    --secure-port="${APISERVER_PORT}" \
+    --bind-address=127.0.0.1 \
+    --advertise-address=127.0.0.1 \
+    --endpoint-reconciler-type=none \
+    --service-cluster-ip-range=10.0.0.0/24 \
+    --allow-privileged=true \
+    --disable-admission-plugins=ServiceAccount \
+    --authorization-mode=RBAC \
+    --client-ca-file="${CERTS}/client-ca.crt" \
+    --token-auth-file="${CERTS}/tokens.csv" \
+    --service-account-issuer="${APISERVER_URL}/" \
+    --service-account-key-file="${CERTS}/sa-signer.pub" \
+    --service-account-signing-key-file="${CERTS}/sa-signer.key" \
+    </dev/null >>"${out}" 2>&1 &
+  APISERVER_PID=$!
+}
+
+wait_apiserver_ready() {
+  local t0=${SECONDS}
+  wait_for kube-apiserver "${APISERVER_PID}" "${TIMEOUT}" \
+    curl -fsS --max-time 3 --cacert "${CERTS}/serving-ca.crt" \
+    --cert "${CERTS}/admin.crt" --key "${CERTS}/admin.key" "${APISERVER_URL}/readyz"
+  log "kube-apiserver ready in $((SECONDS - t0))s (pid ${APISERVER_PID})"
+}
+
+# ------------------------------------------------- restarting the apiserver ---
+# The settings of a running control plane, from its env file.
+load_dir() {
+  local dir="$1"
+  [[ -f "${dir}/env" ]] || die "${dir}/env not found: not a control plane workdir"
+  WORKDIR="${dir}"
+  CERTS="${dir}/certs"
+  BIN_DIR="$(sed -n 's/^REGISTRY_GATE_CONTROLPLANE_BIN=//p' "${dir}/env")"
+  ETCD_URL="$(sed -n 's/^ETCD_URL=//p' "${dir}/env")"
+  ETCD_PID="$(sed -n 's/^ETCD_PID=//p' "${dir}/env")"
+  APISERVER_URL="$(sed -n 's/^REGISTRY_GATE_APISERVER_URL=//p' "${dir}/env")"
+  APISERVER_PORT="${APISERVER_URL##*:}"
+  APISERVER_PID="$(sed -n 's/^APISERVER_PID=//p' "${dir}/env")"
+}
+
+# Records the apiserver's pid where stop_dir reads it (sed -i renames a new file into place).
+set_apiserver_pid() { sed -i "s/^APISERVER_PID=.*/APISERVER_PID=$2/" "$1/env"; }
+
+ms_since() { # $EPOCHREALTIME of the start
+  local now="${EPOCHREALTIME}"
+  echo $(((10#${now//[.,]/} - 10#${1//[.,]/}) / 1000))
+}
+
+# On SIGTERM the apiserver stops listening at once, then drains the connections still open for
+# up to its shutdown timeout (60 s): a client's watch keeps it alive that long. Kubelet would
+# SIGKILL it after terminationGracePeriodSeconds (30 s in kubeadm's manifest); here the grace is
+# REGISTRY_GATE_APISERVER_STOP_GRACE. A second SIGTERM would make it exit at once, so only one
+# is sent.
+stop_apiserver_of() {
+  local dir="$1" grace="${REGISTRY_GATE_APISERVER_STOP_GRACE:-5}" t0 i
+  load_dir "${dir}"
+  [[ -n "${APISERVER_PID}" ]] || die "the kube-apiserver of ${dir} is already stopped"
+  t0="${EPOCHREALTIME}"
+  kill -TERM "${APISERVER_PID}" 2>/dev/null || log "kube-apiserver (pid ${APISERVER_PID}) was not running"
+  for ((i = 0; i < TIMEOUT * 20; i++)); do
+    port_open "${APISERVER_PORT}" || break
+    sleep 0.05
+  done
+  ! port_open "${APISERVER_PORT}" || die "port ${APISERVER_PORT} still accepts connections ${TIMEOUT}s after SIGTERM"
+  log "port ${APISERVER_PORT} refuses connections $(ms_since "${t0}") ms after SIGTERM"
+  for ((i = 0; i < grace * 20; i++)); do
+    running "${APISERVER_PID}" || break
+    sleep 0.05
+  done
+  if running "${APISERVER_PID}"; then
+    log "kube-apiserver (pid ${APISERVER_PID}) still runs ${grace}s after SIGTERM; SIGKILL"
+    kill -KILL "${APISERVER_PID}" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+      running "${APISERVER_PID}" || break
+      sleep 0.05
+    done
+    ! running "${APISERVER_PID}" || die "kube-apiserver (pid ${APISERVER_PID}) survives SIGKILL"
+  fi
+  log "kube-apiserver (pid ${APISERVER_PID}) gone $(ms_since "${t0}") ms after SIGTERM"
+  set_apiserver_pid "${dir}" ""
+}
+
+start_apiserver_of() {
+  local dir="$1" stat sid
+  load_dir "${dir}"
+  if [[ -n "${APISERVER_PID}" ]] && running "${APISERVER_PID}"; then
+    die "kube-apiserver (pid ${APISERVER_PID}) is running; --stop-apiserver ${dir} first"
+  fi
+  ! port_open "${APISERVER_PORT}" || die "port ${APISERVER_PORT} is taken"
+  # The session arrangement of the first start, which etcd still has: a session of its own
+  # (setsid) in background mode, the caller's process group in command mode.
+  stat="$(cat "/proc/${ETCD_PID}/stat" 2>/dev/null)" || die "etcd (pid ${ETCD_PID}) is not running"
+  read -r _ _ _ sid _ <<<"${stat##*) }"
+  SETSID=()
+  [[ "${sid}" != "${ETCD_PID}" ]] || SETSID=(setsid)
+  printf '\n==== start.sh --start-apiserver %s ====\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+    >>"${WORKDIR}/logs/kube-apiserver.log"
+  start_apiserver append
+  # Recorded before the wait, so that a stop from now on stops this process.
+  set_apiserver_pid "${dir}" "${APISERVER_PID}"
+  wait_apiserver_ready
+}
+
+if [[ -n "${APISERVER_OP}" ]]; then
+  "${APISERVER_OP}_apiserver_of" "${STOP_DIR}"
+  exit 0
+fi
 
 if [[ -n "${STOP_DIR}" ]]; then
   stop_dir "${STOP_DIR}" "${KEEP}"
@@ -203,47 +362,12 @@ log "starting etcd on ${ETCD_URL}"
   </dev/null >"${WORKDIR}/logs/etcd.log" 2>&1 &
 ETCD_PID=$!
 
-wait_for() { # name pid seconds command...
-  local name="$1" pid="$2" secs="$3" i
-  shift 3
-  for ((i = 0; i < secs * 4; i++)); do
-    kill -0 "${pid}" 2>/dev/null || die "${name} exited early"
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 0.25
-  done
-  die "${name} not ready after ${secs}s"
-}
 wait_for etcd "${ETCD_PID}" "${TIMEOUT}" curl -fsS --max-time 2 "${ETCD_URL}/health"
 log "etcd ready (pid ${ETCD_PID})"
 
 # ---------------------------------------------------------------- apiserver --
-log "starting kube-apiserver on ${APISERVER_URL}"
-"${SETSID[@]}" "${BIN_DIR}/kube-apiserver" \
-  --etcd-servers="${ETCD_URL}" \
-  --cert-dir="${CERTS}" \
-  --tls-cert-file="${CERTS}/apiserver.crt" \
-  --tls-private-key-file="${CERTS}/apiserver.key" \
-  --secure-port="${APISERVER_PORT}" \
-  --bind-address=127.0.0.1 \
-  --advertise-address=127.0.0.1 \
-  --endpoint-reconciler-type=none \
-  --service-cluster-ip-range=10.0.0.0/24 \
-  --allow-privileged=true \
-  --disable-admission-plugins=ServiceAccount \
-  --authorization-mode=RBAC \
-  --client-ca-file="${CERTS}/client-ca.crt" \
-  --token-auth-file="${CERTS}/tokens.csv" \
-  --service-account-issuer="${APISERVER_URL}/" \
-  --service-account-key-file="${CERTS}/sa-signer.pub" \
-  --service-account-signing-key-file="${CERTS}/sa-signer.key" \
-  </dev/null >"${WORKDIR}/logs/kube-apiserver.log" 2>&1 &
-APISERVER_PID=$!
-
-READYZ=(curl -fsS --max-time 3 --cacert "${CERTS}/serving-ca.crt"
-  --cert "${CERTS}/admin.crt" --key "${CERTS}/admin.key" "${APISERVER_URL}/readyz")
-t0=${SECONDS}
-wait_for kube-apiserver "${APISERVER_PID}" "${TIMEOUT}" "${READYZ[@]}"
-log "kube-apiserver ready in $((SECONDS - t0))s (pid ${APISERVER_PID})"
+start_apiserver
+wait_apiserver_ready
 
 # ---------------------------------------------------------------- outputs ----
 b64() { base64 -w0 <"$1"; }

@@ -1,19 +1,28 @@
 //! The control plane every test of the binary shares: etcd + kube-apiserver from
 //! `tests/controlplane/start.sh`, and the kubectl built next to them.
 //!
-//! `start.sh` runs in its command mode (`start.sh --bin DIR -- sh -c '...; exec cat'`): the
+//! `start.sh` runs in its command mode (`start.sh --bin DIR -- sh -c '...' start.sh`): the
 //! command announces the control plane's workdir on stdout and then reads its standard input
 //! until end of file. This process holds the only write end of that pipe for as long as it lives,
 //! so however the test process ends (success, failed assertion, panic in a static, Ctrl-C, even
-//! SIGKILL), the kernel closes the pipe, `cat` returns, and `start.sh` stops the apiserver and
-//! etcd by their PIDs and deletes the workdir. Rust runs no destructors for statics and tests
+//! SIGKILL), the kernel closes the pipe, the command returns, and `start.sh` stops the apiserver
+//! and etcd by their PIDs and deletes the workdir. Rust runs no destructors for statics and tests
 //! have no global teardown; this needs neither.
+//!
+//! The same pipe carries requests, one a line, which the command serves one at a time:
+//! `stop-apiserver` and `start-apiserver` (see [`ControlPlane::stop_apiserver`]). They run
+//! `start.sh --stop-apiserver` / `--start-apiserver`, which keep the apiserver's PID in the
+//! workdir's env file, where the final stop reads it. As the command reads end of file only
+//! between requests, a restarted apiserver is recorded there before that stop can run: it too
+//! dies with the test process, even when this process is killed in the middle of a restart.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -32,7 +41,8 @@ pub fn scratch(prefix: &str) -> tempfile::TempDir {
         .expect("a scratch directory under target/tmp")
 }
 
-/// One control plane per test process.
+/// One control plane per test process ([`control_plane`]), and one more for a test that must
+/// disturb its own ([`ControlPlane::start`]).
 pub struct ControlPlane {
     pub bin: PathBuf,
     pub workdir: PathBuf,
@@ -43,8 +53,29 @@ pub struct ControlPlane {
     pub ca: PathBuf,
     /// A bearer token of the admin (group system:masters).
     pub token: String,
-    /// Held, never written: end of file on this pipe stops the control plane (see the module notes).
-    _keepalive: Mutex<(Child, ChildStdin, ChildStdout)>,
+    /// End of file on this pipe stops the control plane; it also carries requests (see the
+    /// module notes).
+    hold: Mutex<Hold>,
+}
+
+/// `start.sh` and the pipes to its command.
+struct Hold {
+    child: Child,
+    /// `None` once closed (only by `Drop`).
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+/// A kube-apiserver stopped by [`ControlPlane::stop_apiserver`], to be started again.
+#[must_use = "the apiserver stays down until start_apiserver"]
+pub struct StoppedApiserver {
+    pid: u32,
+    /// `/proc/<pid>/cmdline` of the process that was stopped.
+    cmdline: Vec<u8>,
+    /// When it was gone (its port refused connections and the process had exited).
+    pub since: Instant,
+    /// What `start.sh --stop-apiserver` said (how long the port and the process took).
+    pub report: String,
 }
 
 static CONTROL_PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
@@ -116,16 +147,34 @@ pub fn binaries() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-/// start.sh's command: announce the workdir, then wait for end of file on stdin.
-const HOLD: &str =
-    r#"printf 'registry-gate-e2e-ready %s\n' "$REGISTRY_GATE_CONTROLPLANE_DIR"; exec cat >/dev/null"#;
+/// start.sh's command (`$0` is start.sh): announce the workdir, then serve the requests read
+/// from stdin until end of file. Each request's output goes to `logs/requests.log`; the answer is
+/// one line.
+const HOLD: &str = r#"printf 'registry-gate-e2e-ready %s\n' "$REGISTRY_GATE_CONTROLPLANE_DIR"
+while IFS= read -r request; do
+  case "$request" in
+    stop-apiserver|start-apiserver)
+      if "$0" "--$request" "$REGISTRY_GATE_CONTROLPLANE_DIR" \
+        >>"$REGISTRY_GATE_CONTROLPLANE_DIR/logs/requests.log" 2>&1
+      then echo "registry-gate-e2e-done $request"
+      else echo "registry-gate-e2e-failed $request $?"
+      fi ;;
+    *) echo "registry-gate-e2e-unknown $request" ;;
+  esac
+done"#;
 const READY: &str = "registry-gate-e2e-ready ";
 
 impl ControlPlane {
-    fn start() -> anyhow::Result<ControlPlane> {
+    /// A control plane of its own for the caller (the tests share [`control_plane`]'s), with the
+    /// same lifetime guarantees; stopped, and waited for, when dropped.
+    pub fn start() -> anyhow::Result<ControlPlane> {
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
         let bin = binaries()?;
-        let start_log = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("e2e-controlplane-{}.log", std::process::id()));
+        let start_log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "e2e-controlplane-{}-{}.log",
+            std::process::id(),
+            STARTED.fetch_add(1, Ordering::Relaxed)
+        ));
         let log =
             File::create(&start_log).with_context(|| format!("cannot create {}", start_log.display()))?;
         let script = root().join("tests/controlplane/start.sh");
@@ -133,6 +182,7 @@ impl ControlPlane {
             .arg("--bin")
             .arg(&bin)
             .args(["--", "sh", "-c", HOLD])
+            .arg(&script)
             .env_remove("KUBECONFIG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -172,7 +222,7 @@ impl ControlPlane {
             token: var("REGISTRY_GATE_ADMIN_TOKEN")?,
             bin,
             workdir,
-            _keepalive: Mutex::new((child, stdin, stdout.into_inner())),
+            hold: Mutex::new(Hold { child, stdin: Some(stdin), stdout }),
         };
         // Namespaces appear a moment after /readyz; wait for `default` to be listable.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -205,12 +255,91 @@ impl ControlPlane {
         run(command, input)
     }
 
+    /// Stops the kube-apiserver alone, etcd and the workdir staying as they are: SIGTERM, its
+    /// port refuses connections, and once the process has exited (SIGKILL after
+    /// `REGISTRY_GATE_APISERVER_STOP_GRACE`, 5 s: it drains open watches for up to 60 s), returns.
+    pub fn stop_apiserver(&self) -> anyhow::Result<StoppedApiserver> {
+        let pid = self.apiserver_pid()?.context("the kube-apiserver is already stopped")?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .with_context(|| format!("the command line of the kube-apiserver (pid {pid})"))?;
+        let report = self.request("stop-apiserver")?;
+        let since = Instant::now();
+        ensure!(
+            TcpStream::connect(self.authority()?).is_err(),
+            "{} still accepts connections after the kube-apiserver stopped",
+            self.url
+        );
+        ensure!(self.apiserver_pid()?.is_none(), "the env file still names a kube-apiserver");
+        Ok(StoppedApiserver { pid, cmdline, since, report })
+    }
+
+    /// Starts the kube-apiserver `stopped` was, with the same command line (same port, etcd and
+    /// certificates), and returns when its `/readyz` answered 200.
+    pub fn start_apiserver(&self, stopped: StoppedApiserver) -> anyhow::Result<Instant> {
+        self.request("start-apiserver")?;
+        let ready = Instant::now();
+        let pid = self.apiserver_pid()?.context("start.sh recorded no kube-apiserver PID")?;
+        ensure!(pid != stopped.pid, "the kube-apiserver has the PID it had before the stop");
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .with_context(|| format!("the command line of the kube-apiserver (pid {pid})"))?;
+        ensure!(
+            cmdline == stopped.cmdline,
+            "the kube-apiserver came back with another command line:\nbefore: {}\nafter:  {}",
+            String::from_utf8_lossy(&stopped.cmdline).replace('\0', " "),
+            String::from_utf8_lossy(&cmdline).replace('\0', " ")
+        );
+        Ok(ready)
+    }
+
+    /// Sends one request to start.sh's command, waits for its answer, and returns what it logged.
+    fn request(&self, request: &str) -> anyhow::Result<String> {
+        let log = || std::fs::read_to_string(self.workdir.join("logs/requests.log")).unwrap_or_default();
+        let mut hold = self.hold.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = log().len();
+        let stdin = hold.stdin.as_mut().context("the control plane is stopping")?;
+        writeln!(stdin, "{request}").and_then(|()| stdin.flush()).context("writing to start.sh")?;
+        // start.sh's own timeouts (the stop grace, 90 s for the port and for /readyz) bound this.
+        let mut answer = String::new();
+        let read = hold.stdout.read_line(&mut answer).context("reading start.sh's answer")?;
+        let text = log();
+        let logged = text.get(before..).unwrap_or(&text).trim_end().to_owned();
+        ensure!(read > 0, "start.sh exited during {request}; its output:\n{logged}");
+        ensure!(
+            answer.trim_end() == format!("registry-gate-e2e-done {request}"),
+            "{}; start.sh's output:\n{logged}",
+            answer.trim_end(),
+        );
+        Ok(logged)
+    }
+
+    /// The PID of the running kube-apiserver, as the env file records it for the final stop.
+    fn apiserver_pid(&self) -> anyhow::Result<Option<u32>> {
+        let env = std::fs::read_to_string(self.workdir.join("env")).context("reading the env file")?;
+        let pid = env.lines().find_map(|l| l.strip_prefix("APISERVER_PID=")).context("no APISERVER_PID")?;
+        if pid.is_empty() { Ok(None) } else { Ok(Some(pid.parse().context("APISERVER_PID")?)) }
+    }
+
+    /// `127.0.0.1:<port>`
+    fn authority(&self) -> anyhow::Result<&str> {
+        self.url.strip_prefix("https://").context("an https:// URL")
+    }
+
     /// The last lines of the apiserver's log, for failure messages.
     pub fn apiserver_log_tail(&self, lines: usize) -> String {
         tail(
             &std::fs::read_to_string(self.workdir.join("logs/kube-apiserver.log")).unwrap_or_default(),
             lines,
         )
+    }
+}
+
+impl Drop for ControlPlane {
+    /// Only [`ControlPlane::start`]'s are dropped (statics never are): end of file stops it, and
+    /// this waits until its apiserver and etcd are gone.
+    fn drop(&mut self) {
+        let hold = self.hold.get_mut().unwrap_or_else(PoisonError::into_inner);
+        drop(hold.stdin.take());
+        let _ = hold.child.wait();
     }
 }
 

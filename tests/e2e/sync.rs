@@ -14,11 +14,11 @@ use super::Scenarios;
 use super::cluster::{ControlPlane, root, tail, wait_for};
 use super::gate::{binary, die_with_this_thread, free_port};
 
-const GATE_NS: &str = "registry-gate";
+pub(crate) const GATE_NS: &str = "registry-gate";
 const MANAGED: &str = "app.kubernetes.io/managed-by=registry-gate";
 
 /// The policy the controller runs with: one registry for every namespace, one for prod-* only.
-fn policy(with_ghcr: bool) -> String {
+pub(crate) fn policy(with_ghcr: bool) -> String {
     let mut text = String::from(
         "apiVersion: registry-gate.io/v1\nkind: RegistryPolicy\nexemptNamespaces: [kube-system]\nregistries:\n  - {name: hub-official, type: Public, url: docker.io/library}\n  - {name: corp, type: Generic, url: \"registry.corp.example:5000\", pullSecret: corp-pull, namespaces: [\"sync-prod-*\"]}\n",
     );
@@ -29,7 +29,7 @@ fn policy(with_ghcr: bool) -> String {
 }
 
 /// A dockerconfigjson Secret for `host`, with a recognizable fake password.
-fn source_secret(name: &str, host: &str, password: &str) -> Value {
+pub(crate) fn source_secret(name: &str, host: &str, password: &str) -> Value {
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("robot:{password}"));
     let config =
         json!({"auths": {host: {"username": "robot", "password": password, "auth": auth}}}).to_string();
@@ -40,19 +40,19 @@ fn source_secret(name: &str, host: &str, password: &str) -> Value {
     })
 }
 
-fn namespace(name: &str) -> Value {
+pub(crate) fn namespace(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
 }
 
 /// A running `registry-gate controller`, killed when dropped.
-struct ControllerProcess {
-    child: Option<Child>,
+pub(crate) struct ControllerProcess {
+    pub(crate) child: Option<Child>,
     metrics_port: u16,
-    log: PathBuf,
+    pub(crate) log: PathBuf,
 }
 
 impl ControllerProcess {
-    fn start(cp: &ControlPlane, dir: &Path, policy: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn start(cp: &ControlPlane, dir: &Path, policy: &Path) -> anyhow::Result<Self> {
         let log = dir.join("controller.log");
         let out = File::create(&log)?;
         let metrics_port = free_port();
@@ -99,7 +99,7 @@ impl ControllerProcess {
         Ok(controller)
     }
 
-    fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+    pub(crate) fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port))?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -110,7 +110,7 @@ impl ControllerProcess {
         Ok((status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
     }
 
-    fn log_tail(&self, lines: usize) -> String {
+    pub(crate) fn log_tail(&self, lines: usize) -> String {
         tail(&std::fs::read_to_string(&self.log).unwrap_or_default(), lines)
     }
 }
@@ -124,7 +124,7 @@ impl Drop for ControllerProcess {
     }
 }
 
-fn apply(cp: &ControlPlane, object: &Value) -> anyhow::Result<()> {
+pub(crate) fn apply(cp: &ControlPlane, object: &Value) -> anyhow::Result<()> {
     cp.kubectl_stdin(
         &["apply", "--server-side", "--force-conflicts", "--field-manager=e2e", "-f", "-"],
         &object.to_string(),

@@ -17,6 +17,7 @@
 //! - [`credentials`]: what a registry's source pull Secret must hold, checked before it is copied.
 //! - [`certs`]: development certificates for `serve` and for tests.
 //! - [`check`]: the same decision offline, for CI pipelines (`registry-gate check`).
+//! - [`watch`]: how every watch on the API server retries when it is away.
 //! - [`yaml`]: YAML trees that remember lines, so policy errors can point at them.
 
 pub mod admission;
@@ -29,4 +30,5 @@ pub mod metrics;
 pub mod namespaces;
 pub mod policy;
 pub mod server;
+pub mod watch;
 pub mod yaml;

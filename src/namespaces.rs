@@ -57,7 +57,7 @@ impl NamespaceLabels {
             // Only the labels are kept: annotations and managed fields are the bulk of a
             // Namespace's metadata.
             let stream = watcher(api, watcher::Config::default())
-                .default_backoff()
+                .backoff(crate::watch::WatchBackoff::default())
                 .modify(|namespace| {
                     namespace.metadata.annotations = None;
                     namespace.metadata.managed_fields = None;

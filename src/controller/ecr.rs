@@ -1142,8 +1142,10 @@ pub async fn refresh(client: Client, namespace: String, metrics: EcrMetrics) {
         metrics,
     });
     let selector = format!("{KEY_LABEL}={KEY_LABEL_VALUE}");
-    let mut events =
-        std::pin::pin!(watcher(api, watcher::Config::default().labels(&selector)).default_backoff());
+    let mut events = std::pin::pin!(
+        watcher(api, watcher::Config::default().labels(&selector))
+            .backoff(crate::watch::WatchBackoff::default())
+    );
     let mut keys = Keys::default();
     // Names listed since the watch (re)started; a key absent from a full list was deleted
     // while the watch was down.

@@ -234,7 +234,7 @@ pub async fn run(
         sources_writer,
         watcher(Api::<Secret>::namespaced(client.clone(), &options.namespace), watcher::Config::default()),
     )
-    .default_backoff()
+    .backoff(crate::watch::WatchBackoff::default())
     .touched_objects();
 
     let context = Arc::new(Context {
@@ -313,6 +313,7 @@ pub async fn run(
         }
     };
     let controller = Controller::new(namespaces, watcher::Config::default())
+        .trigger_backoff(crate::watch::WatchBackoff::default())
         .watches(Api::<Secret>::all(client), watcher::Config::default().labels(&managed), mapper_namespace)
         .reconcile_all_on(reconcile_all)
         .with_config(

@@ -144,7 +144,8 @@ pub async fn watch_configmap(client: Client, configmap: ConfigMapName, store: Ar
     let recorder = recorder(client);
     let source = format!("ConfigMap {configmap}");
     let config = watcher::Config::default().fields(&format!("metadata.name={}", configmap.name));
-    let mut changes = watcher(api, config).default_backoff().applied_objects().boxed();
+    let mut changes =
+        watcher(api, config).backoff(crate::watch::WatchBackoff::default()).applied_objects().boxed();
     let mut last_version: Option<String> = None;
     while let Some(change) = changes.next().await {
         let object = match change {

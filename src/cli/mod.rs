@@ -5,11 +5,14 @@
 //! - [`certs`]: development certificates.
 //! - [`check`]: images and manifests decided offline, for CI.
 //! - [`policy`]: `policy validate`.
+//! - [`secret`]: `secret render`, a registry's source pull Secret from credentials kept off the
+//!   command line.
 
 mod certs;
 mod check;
 mod controller;
 mod policy;
+mod secret;
 mod serve;
 
 use std::path::Path;
@@ -49,6 +52,11 @@ enum Command {
         #[command(subcommand)]
         command: policy::PolicyCommand,
     },
+    /// Pull-secret tools.
+    Secret {
+        #[command(subcommand)]
+        command: secret::SecretCommand,
+    },
 }
 
 impl Cli {
@@ -59,6 +67,7 @@ impl Cli {
             Command::Certs(args) => certs::run(args),
             Command::Check(args) => check::run(args),
             Command::Policy { command } => policy::run(command),
+            Command::Secret { command } => secret::run(command),
         };
         result.unwrap_or_else(|e| {
             eprintln!("error: {e:#}");

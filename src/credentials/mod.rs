@@ -27,6 +27,7 @@
 mod config;
 mod hash;
 mod key;
+pub mod render;
 #[cfg(test)]
 mod tests;
 

@@ -1012,6 +1012,8 @@ fn policy_configmap_hot_reload() {
 
 #[test]
 fn pull_secrets_are_synced() {
+    // It registers the webhooks for one scenario, and they are cluster-wide.
+    let _turn = exclusive();
     let cp = control_plane();
     let dir = scratch("sync");
     let mut s = Scenarios::new();

@@ -12,7 +12,10 @@ use serde_json::{Value, json};
 
 use super::Scenarios;
 use super::cluster::{ControlPlane, root, tail, wait_for};
-use super::gate::{binary, die_with_this_thread, free_port};
+use super::gate::{
+    Gate, Registration, binary, die_with_this_thread, free_port, wait_until_enforced, webhook_configurations,
+    write_certificates,
+};
 
 pub(crate) const GATE_NS: &str = "registry-gate";
 const MANAGED: &str = "app.kubernetes.io/managed-by=registry-gate";
@@ -263,6 +266,58 @@ pub fn pull_secret_sync(cp: &ControlPlane, s: &mut Scenarios, dir: &Path) {
         println!("source rotated -> every copy current: {} ms", started.elapsed().as_millis());
         Ok(())
     });
+    s.run("sync: after a rotation, a Pod the webhooks admit names a copy holding the new content", || {
+        // The webhook on the controller's policy, registered as manifests/base registers it.
+        write_certificates(dir)?;
+        let (webhook_port, metrics_port) = (free_port(), free_port());
+        let policy_arg = policy_file.to_str().context("UTF-8 path")?;
+        let _gate = Gate::start(dir, webhook_port, metrics_port, &["--policy", policy_arg], "gate.log")?;
+        let ca = std::fs::read(dir.join("ca.crt"))?;
+        let _registration =
+            Registration::apply(cp, &webhook_configurations(cp, webhook_port, &ca, |_| true)?)?;
+        wait_until_enforced(cp, "sync-team-2")?;
+        let current = secret(cp, GATE_NS, "ghcr-acme").context("source")?;
+        ensure!(
+            String::from_utf8_lossy(
+                &base64::engine::general_purpose::STANDARD
+                    .decode(data(&current).as_str().unwrap_or_default())?
+            )
+            .contains("FAKE-ghcr-password-2"),
+            "the source is not the rotated one"
+        );
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "after-rotation", "namespace": "sync-team-2"},
+            "spec": {"containers": [{"name": "app", "image": "ghcr.io/acme/app:1"}]}
+        });
+        let created =
+            cp.kubectl_stdin(&["create", "-o", "json", "-f", "-"], &pod.to_string()).ok()?.json()?;
+        let names: Vec<&str> = created["spec"]["imagePullSecrets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["name"].as_str())
+            .collect();
+        ensure!(names == ["ghcr-acme"], "the webhook injected {names:?}, not [ghcr-acme]");
+        let copy =
+            secret(cp, "sync-team-2", "ghcr-acme").context("the Pod names a Secret that does not exist")?;
+        ensure!(data(&copy) == data(&current), "the Secret the Pod names does not hold the rotated content");
+        // Where sync makes no copy, admission admits no image: corp is scoped to sync-prod-*.
+        let corp_pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "corp-outside-scope", "namespace": "sync-team-2"},
+            "spec": {"containers": [{"name": "app", "image": "registry.corp.example:5000/app:1"}]}
+        });
+        let refused = cp.kubectl_stdin(&["create", "--dry-run=server", "-f", "-"], &corp_pod.to_string());
+        ensure!(
+            !refused.success() && refused.stderr.contains("may not be used in namespace \"sync-team-2\""),
+            "a corp image outside its scope: {}",
+            refused.stderr
+        );
+        ensure!(secret(cp, "sync-team-2", "corp-pull").is_none(), "corp-pull copied outside its scope");
+        cp.kubectl(&["-n", "sync-team-2", "delete", "pod", "after-rotation", "--wait=false"]).ok()?;
+        Ok(())
+    });
     s.run("sync: a copy edited or deleted by hand is restored", || {
         let current = secret(cp, GATE_NS, "ghcr-acme").context("source")?;
         cp.kubectl(&[
@@ -299,6 +354,31 @@ pub fn pull_secret_sync(cp: &ControlPlane, s: &mut Scenarios, dir: &Path) {
         let after = secret(cp, "sync-prod-eu", "corp-pull").context("copy")?;
         ensure!(data(&after) == data(&before), "the copy changed with an invalid source");
         apply(cp, &corp)?;
+        Ok(())
+    });
+    s.run("sync: a namespace gains and loses copies with the labels a namespaceSelector asks for", || {
+        // A registry scoped by a label rather than a name, with a source of its own.
+        let pay = source_secret("pay-pull", "pay.corp.example", "FAKE-pay-password-1");
+        apply(cp, &pay)?;
+        let scoped = format!(
+            "{}  - {{name: pay, type: Generic, url: pay.corp.example, pullSecret: pay-pull, namespaceSelector: {{matchLabels: {{e2e-pay: \"yes\"}}}}}}\n",
+            policy(true)
+        );
+        std::fs::write(&policy_file, scoped)?;
+        let started = Instant::now();
+        cp.kubectl(&["label", "namespace", "sync-team-3", "e2e-pay=yes"]).ok()?;
+        wait_for_copy(cp, "sync-team-3", "pay-pull", &pay)?;
+        let labelled = started.elapsed();
+        ensure!(secret(cp, "sync-team-4", "pay-pull").is_none(), "pay-pull copied into an unlabelled namespace");
+        let started = Instant::now();
+        cp.kubectl(&["label", "namespace", "sync-team-3", "e2e-pay-"]).ok()?;
+        wait_for_absence(cp, "sync-team-3", "pay-pull")?;
+        println!(
+            "label added -> copy present in {} ms; label removed -> copy gone in {} ms",
+            labelled.as_millis(),
+            started.elapsed().as_millis()
+        );
+        std::fs::write(&policy_file, policy(true))?;
         Ok(())
     });
     s.run("sync: a registry removed from the policy removes only the managed copies", || {

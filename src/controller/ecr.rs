@@ -91,6 +91,7 @@ use serde_json::Value;
 
 use super::sync::{DOCKER_CONFIG_TYPE, MANAGED_LABEL, MANAGED_VALUE, is_managed};
 use crate::credentials::DOCKER_CONFIG_JSON_KEY;
+use crate::policy::is_dns_subdomain;
 
 /// The label that makes a Secret in registry-gate's namespace an ECR key.
 pub const KEY_LABEL: &str = "registry-gate.io/ecr-key";
@@ -376,24 +377,12 @@ impl EcrKey {
 }
 
 /// `us-east-1`, `cn-north-1`, `us-gov-west-1`: lower-case letters, digits and dashes.
-fn is_region(text: &str) -> bool {
+pub(crate) fn is_region(text: &str) -> bool {
     (4..=32).contains(&text.len())
         && text.contains('-')
         && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !text.starts_with('-')
         && !text.ends_with('-')
-}
-
-/// RFC 1123 subdomain: what Secret names are made of.
-fn is_dns_subdomain(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= 253
-        && text.split('.').all(|label| {
-            !label.is_empty()
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
 }
 
 /// What `GetAuthorizationToken` gave: a registry password and when it stops working.

@@ -208,7 +208,8 @@ impl Entry {
 }
 
 /// The user names a registry type requires, when it requires particular ones.
-fn required_usernames(registry_type: RegistryType) -> Option<&'static [&'static str]> {
+/// The first is the one `secret render` writes when none is given.
+pub(super) fn required_usernames(registry_type: RegistryType) -> Option<&'static [&'static str]> {
     match registry_type {
         RegistryType::Gcr | RegistryType::Gar => Some(GOOGLE_USERNAMES),
         RegistryType::Ecr | RegistryType::EcrPublic => Some(AWS_USERNAMES),

@@ -29,8 +29,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
 use super::{DOCKER_CONFIG_JSON_KEY, DOCKER_CONFIG_JSON_TYPE, SourceProblem, check_source, list};
-use crate::controller::ecr::{self, EcrKey};
-use crate::policy::{Policy, Registry, RegistryType};
+use crate::controller::ecr::{self, EcrKey, is_region};
+use crate::policy::{Policy, Registry, RegistryType, is_dns_label, is_dns_subdomain};
 
 /// The label on a rendered source pull Secret, so that `kubectl get secret -l` finds them.
 ///
@@ -48,11 +48,6 @@ pub const ECR_KEY_SUFFIX: &str = "-ecr-key";
 const AD_HOC_REGISTRY: &str = "command-line";
 /// Registry names listed when the one asked for is not in the policy.
 const MAX_NAMES_LISTED: usize = 32;
-
-/// User names Google's registries accept; the first is the one rendered when none is given.
-const GOOGLE_USERNAMES: &[&str] = &["_json_key", "_json_key_base64", "oauth2accesstoken"];
-const AWS_USERNAMES: &[&str] = &["AWS"];
-const SCALEWAY_USERNAMES: &[&str] = &["nologin"];
 
 /// A credential value: a password, token, key file or AWS key.
 ///
@@ -276,26 +271,7 @@ pub fn password_field(registry_type: RegistryType, username: Option<&str>) -> &'
 
 /// The user name a type fixes, when it fixes one: what is rendered when none is given.
 pub fn fixed_username(registry_type: RegistryType) -> Option<&'static str> {
-    fixed_usernames(registry_type).map(|names| names[0])
-}
-
-fn fixed_usernames(registry_type: RegistryType) -> Option<&'static [&'static str]> {
-    match registry_type {
-        RegistryType::Gcr | RegistryType::Gar => Some(GOOGLE_USERNAMES),
-        RegistryType::Ecr | RegistryType::EcrPublic => Some(AWS_USERNAMES),
-        RegistryType::Scaleway => Some(SCALEWAY_USERNAMES),
-        RegistryType::DockerHub
-        | RegistryType::Ghcr
-        | RegistryType::GitHubEnterprise
-        | RegistryType::GitLab
-        | RegistryType::Acr
-        | RegistryType::Quay
-        | RegistryType::Harbor
-        | RegistryType::Nexus
-        | RegistryType::Artifactory
-        | RegistryType::Generic
-        | RegistryType::Public => None,
-    }
+    super::config::required_usernames(registry_type).map(|names| names[0])
 }
 
 /// The registry's source pull Secret, in `namespace` (registry-gate's own).
@@ -332,7 +308,7 @@ pub fn render_pull_secret(
 
 /// The user name to render: the type's own, or the one given where the type fixes none.
 fn username_for(registry_type: RegistryType, given: Option<&str>) -> Result<&str, RenderError> {
-    match (given, fixed_usernames(registry_type)) {
+    match (given, super::config::required_usernames(registry_type)) {
         (None, Some(names)) => Ok(names[0]),
         (Some(given), Some(names)) => names.iter().copied().find(|name| *name == given).ok_or_else(|| {
             field_error(
@@ -560,28 +536,6 @@ fn check_namespace(namespace: &str) -> Result<(), RenderError> {
     } else {
         Err(field_error("--namespace", "is not a namespace name (a DNS label)"))
     }
-}
-
-/// RFC 1123 label: namespaces and registry names.
-fn is_dns_label(name: &str) -> bool {
-    (1..=63).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-}
-
-/// RFC 1123 subdomain: Secret names.
-fn is_dns_subdomain(name: &str) -> bool {
-    name.len() <= 253 && name.split('.').all(is_dns_label)
-}
-
-/// `us-east-1`, `cn-north-1`, `us-gov-west-1`, as the controller reads a key's region.
-fn is_region(text: &str) -> bool {
-    (4..=32).contains(&text.len())
-        && text.contains('-')
-        && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !text.starts_with('-')
-        && !text.ends_with('-')
 }
 
 #[cfg(test)]

@@ -623,7 +623,7 @@ fn check_unique_registries(items: &[Node], problems: &mut Problems) {
 }
 
 /// RFC 1123 label: what Kubernetes namespaces and metric-friendly names are made of.
-pub(super) fn is_dns_label(name: &str) -> bool {
+pub fn is_dns_label(name: &str) -> bool {
     (1..=63).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
@@ -631,6 +631,6 @@ pub(super) fn is_dns_label(name: &str) -> bool {
 }
 
 /// RFC 1123 subdomain: what Secret names are made of.
-fn is_dns_subdomain(name: &str) -> bool {
+pub fn is_dns_subdomain(name: &str) -> bool {
     name.len() <= 253 && name.split('.').all(is_dns_label)
 }

@@ -16,7 +16,7 @@ use std::fmt;
 use wildmatch::WildMatch;
 
 use crate::image::{ParseError, Reference};
-pub use document::{API_VERSION, KIND, PolicyError, Problem};
+pub use document::{API_VERSION, KIND, PolicyError, Problem, is_dns_label, is_dns_subdomain};
 use matcher::{Index, PATH_BUF_LEN, join_path};
 use pattern::{HOST_BUF_LEN, canonical_host, is_canonical_host};
 pub use pattern::{HostPattern, RegistryPattern};

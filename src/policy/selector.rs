@@ -89,17 +89,8 @@ pub(super) fn label_key_problem(key: &str) -> Option<String> {
         Some((prefix, name)) => (Some(prefix), name),
         None => (None, key),
     };
-    if let Some(prefix) = prefix {
-        let subdomain = prefix.len() <= 253
-            && prefix.split('.').all(|label| {
-                (1..=63).contains(&label.len())
-                    && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                    && !label.starts_with('-')
-                    && !label.ends_with('-')
-            });
-        if !subdomain {
-            return Some(format!("{key:?} has a prefix that is not a DNS subdomain"));
-        }
+    if prefix.is_some_and(|prefix| !super::is_dns_subdomain(prefix)) {
+        return Some(format!("{key:?} has a prefix that is not a DNS subdomain"));
     }
     if name.is_empty() || label_value_problem(name).is_some() {
         return Some(format!(

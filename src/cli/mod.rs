@@ -4,7 +4,7 @@
 //! - [`controller`]: pull-secret sync, the second process.
 //! - [`certs`]: development certificates.
 //! - [`check`]: images and manifests decided offline, for CI.
-//! - [`policy`]: `policy validate`.
+//! - [`policy`]: `policy validate` and `policy diff`.
 //! - [`secret`]: `secret render`, a registry's source pull Secret from credentials kept off the
 //!   command line.
 

@@ -4,20 +4,50 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Subcommand;
-use registry_gate::policy::Policy;
+use clap::{Subcommand, ValueEnum};
+use registry_gate::check::{self, DEFAULT_NAMESPACE, ImageReport};
+use registry_gate::policy::diff::{self, Change, ImageChange};
+use registry_gate::policy::{Mode, Namespace, Policy};
+use serde::Serialize;
 
-use super::read;
+use super::{EXIT_ERROR, read};
 
 #[derive(Subcommand)]
 pub enum PolicyCommand {
     /// Print every problem of a policy file (exit 1 if any), or a summary of what it registers.
     Validate { file: PathBuf },
+    /// Print what NEW removes, narrows, denies or newly allows compared with OLD, and, with -f,
+    /// every manifest image whose verdict changes (docs/policy-diff.md).
+    /// Exit code 0: nothing breaks; 1: something is removed, narrowed or denied (with -f: an
+    /// image of the manifests breaks); 2: unreadable or invalid input.
+    Diff(DiffArgs),
+}
+
+#[derive(clap::Args)]
+pub struct DiffArgs {
+    /// The policy in force.
+    old: PathBuf,
+    /// The edited policy.
+    new: PathBuf,
+    /// Multi-document YAML of Pods and workloads to decide under both (repeatable); `-` reads
+    /// standard input.
+    #[arg(long = "filename", short = 'f')]
+    manifests: Vec<PathBuf>,
+    /// `text` for people, `json` for scripts (its shape is in docs/policy-diff.md).
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
 }
 
 pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
     match command {
         PolicyCommand::Validate { file } => validate(&file),
+        PolicyCommand::Diff(args) => diff(&args),
     }
 }
 
@@ -71,4 +101,126 @@ fn validate(path: &Path) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `policy diff --output json`, documented in docs/policy-diff.md: add fields, never rename.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DiffReport<'a> {
+    old: String,
+    new: String,
+    /// Whether the exit code is 1.
+    breaking: bool,
+    changes: &'a [Change],
+    /// Whether manifests were given; without them `images` is empty and says nothing.
+    manifests_checked: bool,
+    images: &'a [ImageChange],
+}
+
+fn diff(args: &DiffArgs) -> anyhow::Result<ExitCode> {
+    let (Some(old), Some(new)) = (load_for_diff(&args.old)?, load_for_diff(&args.new)?) else {
+        return Ok(ExitCode::from(EXIT_ERROR));
+    };
+    let changes = diff::compare(&old, &new);
+    let labels = check::namespace_labels(DEFAULT_NAMESPACE, &Default::default());
+    let namespace = Namespace::labelled(DEFAULT_NAMESPACE, &labels);
+    let mut images = Vec::new();
+    for path in &args.manifests {
+        let text = read(path)?;
+        let found = diff::compare_manifests(&old, &new, &text, &namespace)
+            .with_context(|| format!("in {}", path.display()))?;
+        images.extend(found);
+    }
+    // With manifests, what breaks is known exactly: a removed registry nothing uses is no
+    // reason to stop a pipeline. Without them, anything that may break counts.
+    let breaking = if args.manifests.is_empty() {
+        changes.iter().any(|c| c.class.is_breaking())
+    } else {
+        images.iter().any(|i| i.class == diff::ImageClass::Breaks)
+    };
+    match args.output {
+        Output::Text => print!("{}", render_diff(&changes, !args.manifests.is_empty(), &images, new.mode)),
+        Output::Json => {
+            let report = DiffReport {
+                old: args.old.display().to_string(),
+                new: args.new.display().to_string(),
+                breaking,
+                changes: &changes,
+                manifests_checked: !args.manifests.is_empty(),
+                images: &images,
+            };
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+    }
+    Ok(if breaking { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// A policy file for `diff`, or `None` once its problems are printed as `policy validate`
+/// prints them. A file that cannot be read is an error.
+fn load_for_diff(path: &Path) -> anyhow::Result<Option<Policy>> {
+    let text = read(path)?;
+    match Policy::parse(&text) {
+        Ok(policy) => Ok(Some(policy)),
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            Ok(None)
+        }
+    }
+}
+
+fn render_diff(changes: &[Change], manifests_checked: bool, images: &[ImageChange], mode: Mode) -> String {
+    if changes.is_empty() && images.is_empty() {
+        return "no change\n".to_owned();
+    }
+    let mut out = String::new();
+    for change in changes {
+        out.push_str(&format!(
+            "{:<8} {} ({}): {}\n",
+            change.class.name(),
+            change.subject,
+            change.field,
+            change.message
+        ));
+    }
+    if !manifests_checked {
+        return out;
+    }
+    if images.is_empty() {
+        out.push_str("no image in the manifests changes its verdict\n");
+    }
+    for change in images {
+        let new = &change.new;
+        let whereabouts = format!(
+            "{} {}, namespace {}",
+            new.object.as_deref().unwrap_or("(image)"),
+            new.location.as_deref().unwrap_or(""),
+            new.namespace
+        );
+        let detail = match change.class {
+            diff::ImageClass::Breaks => {
+                let audit = if mode == Mode::Audit { " [audit mode: admitted with a warning]" } else { "" };
+                format!("{}{audit}", new.reason.as_deref().unwrap_or_default())
+            }
+            diff::ImageClass::NewlyAllowed | diff::ImageClass::Changes => {
+                format!("{} -> {}", verdict(&change.old), verdict(new))
+            }
+        };
+        out.push_str(&format!("{:<13} {} ({whereabouts}): {detail}\n", change.class.name(), new.image));
+    }
+    out
+}
+
+/// How an image is admitted, or that it is not: `via ghcr with pull secret ghcr-pull`.
+fn verdict(report: &ImageReport) -> String {
+    if !report.is_allowed() {
+        return "denied".to_owned();
+    }
+    let registry = match &report.registry {
+        Some(name) => format!("via {name}"),
+        None => report.reason.clone().unwrap_or_else(|| "allowed".to_owned()),
+    };
+    match &report.pull_secret {
+        Some(secret) => format!("{registry} with pull secret {secret}"),
+        None => format!("{registry} without pull secret"),
+    }
 }

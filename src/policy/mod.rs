@@ -3,6 +3,7 @@
 //! A [`Policy`] is immutable once built. Reloads build a new one off the hot path and swap it in
 //! whole (`arc-swap`), so a decision always sees one consistent policy.
 
+pub mod diff;
 mod document;
 mod matcher;
 mod pattern;

@@ -563,3 +563,101 @@ fn refresh_writes_the_pull_secret_through_the_api_server() {
     refresh.abort();
     let _ = cp.kubectl(&["delete", "namespace", ns, "--wait=false"]);
 }
+
+/// A process killed when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The whole chain, as deployed: the `registry-gate controller` binary refreshes the ECR pull
+/// Secret from an ECR key (against the emulator) and its sync carries that Secret into a namespace
+/// the policy's ECR entry admits, with the token; no key reaches its log.
+#[test]
+fn the_controller_carries_a_refreshed_ecr_token_into_every_namespace() {
+    let cp = cluster::control_plane();
+    let moto = Moto::start();
+    let (id, secret) = moto.user("chain-puller", true);
+    moto.enforce_iam();
+    let (gate_ns, team_ns) = ("ecr-chain-gate", "ecr-chain-team");
+    for ns in [gate_ns, team_ns] {
+        cp.kubectl(&["create", "namespace", ns]).ok().expect("namespace");
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("ecr-chain-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("a scratch directory");
+    let host = format!("{ACCOUNT}.dkr.ecr.eu-central-1.amazonaws.com");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: registry-gate.io/v1\nkind: RegistryPolicy\nexemptNamespaces: [kube-system]\nregistries:\n  - {{name: prod-ecr, type: ECR, url: {host}, pullSecret: ecr-pull, namespaces: [ecr-chain-team]}}\n"
+        ),
+    )
+    .expect("policy written");
+    let key = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "ecr-key", "namespace": gate_ns, "labels": {KEY_LABEL: KEY_LABEL_VALUE},
+                     "annotations": {PULL_SECRET_ANNOTATION: "ecr-pull"}},
+        "stringData": {"accessKeyId": id, "secretAccessKey": secret, "region": "eu-central-1", "endpoint": moto.endpoint()}
+    });
+    cp.kubectl_stdin(&["apply", "-f", "-"], &key.to_string()).ok().expect("the ECR key");
+
+    let log = dir.path().join("controller.log");
+    let out = std::fs::File::create(&log).expect("a log file");
+    let _controller = Running(
+        Command::new(env!("CARGO_BIN_EXE_registry-gate"))
+            .args(["controller", "--namespace", gate_ns, "--log-format", "json"])
+            .arg("--policy")
+            .arg(&policy)
+            .arg("--kubeconfig")
+            .arg(&cp.kubeconfig)
+            .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null())
+            .stderr(out.try_clone().expect("a second handle"))
+            .stdout(out)
+            .spawn()
+            .expect("registry-gate controller starts"),
+    );
+    let started = Instant::now();
+    let copy = cluster::wait_for(
+        "the copy in the team namespace",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        |_| {
+            let run = cp.kubectl(&["get", "secret", "-n", team_ns, "ecr-pull", "-o", "json"]);
+            run.success().then(|| run.json().ok()).flatten()
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!("{e:#}\ncontroller log:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
+    });
+    let elapsed = started.elapsed();
+    assert_eq!(copy["metadata"]["labels"]["app.kubernetes.io/managed-by"], "registry-gate");
+    let config = copy["data"][".dockerconfigjson"].as_str().expect("data");
+    let config: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(config).expect("base64"))
+            .expect("JSON");
+    assert_eq!(
+        config["auths"][&host]["password"],
+        format!("{ACCOUNT}-auth-token"),
+        "the copy holds the token"
+    );
+    println!(
+        "ECR key applied -> token in the team namespace's copy {} ms after the controller started",
+        elapsed.as_millis()
+    );
+    let text = std::fs::read_to_string(&log).expect("the controller's log");
+    for value in [&id, &secret] {
+        assert!(!text.contains(value.as_str()), "the controller's log shows a key");
+    }
+    for ns in [gate_ns, team_ns] {
+        let _ = cp.kubectl(&["delete", "namespace", ns, "--wait=false"]);
+    }
+}

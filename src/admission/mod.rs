@@ -311,23 +311,7 @@ fn mutate(
     spec: &PodSpec<'_>,
     snapshot: &PolicySnapshot,
 ) -> Answer {
-    let policy = &snapshot.policy;
-    // Sets, not lists: a hostile Pod may carry tens of thousands of images and pull secrets,
-    // and a scan per image would be quadratic.
-    let existing: std::collections::BTreeSet<&str> =
-        spec.image_pull_secrets.iter().filter_map(|s| s.name.as_deref()).collect();
-    let mut added = std::collections::BTreeSet::new();
-    let mut missing: Vec<(&str, &Registry)> = Vec::new();
-    for (_, image) in spec.images(WorkloadKind::Pod.spec_path()) {
-        let Ok(reference) = Reference::parse(image) else { continue };
-        if let Decision::Allowed(registry) = policy.decide(&reference, &namespace) {
-            if let Some(secret) = registry.pull_secret.as_deref() {
-                if !existing.contains(secret) && added.insert(secret) {
-                    missing.push((secret, registry));
-                }
-            }
-        }
-    }
+    let missing = missing_pull_secrets(&snapshot.policy, spec, &namespace);
     let response = Response::allow(request.uid());
     if missing.is_empty() {
         return Answer { response, outcome: Outcome::Allowed };
@@ -335,26 +319,57 @@ fn mutate(
     for (_, registry) in &missing {
         snapshot.counters.injected(label(registry));
     }
-    let secrets: Vec<serde_json::Value> = missing.iter().map(|(name, _)| json!({ "name": name })).collect();
-    let patch = if spec.image_pull_secrets.is_empty() {
-        json!([{ "op": "add", "path": "/spec/imagePullSecrets", "value": secrets }])
-    } else {
-        serde_json::Value::Array(
-            secrets
-                .into_iter()
-                .map(|secret| json!({ "op": "add", "path": "/spec/imagePullSecrets/-", "value": secret }))
-                .collect(),
-        )
-    };
+    let names: Vec<&str> = missing.iter().map(|(name, _)| *name).collect();
+    let patch = pull_secret_patch(spec, &names);
     tracing::info!(
         target: "registry_gate::audit",
         uid = %clip(request.uid()),
         namespace = %clip(request.namespace()),
         name = %clip(request.name()),
-        secrets = ?missing.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        secrets = ?names,
         "pull secrets added"
     );
     Answer { response: response.with_patch(&patch), outcome: Outcome::Allowed }
+}
+
+/// The pull secrets the mutating webhook adds to a Pod: the secret of each allowed image's
+/// registry that the Pod does not name yet, once each, in image order, with the registry that
+/// asks for it. Pure, so that `registry-gate check --show-patch` prints what `/mutate` answers.
+pub fn missing_pull_secrets<'p>(
+    policy: &'p crate::policy::Policy,
+    spec: &PodSpec<'_>,
+    namespace: &Namespace<'_>,
+) -> Vec<(&'p str, &'p Registry)> {
+    // Sets, not lists: a hostile Pod may carry tens of thousands of images and pull secrets,
+    // and a scan per image would be quadratic.
+    let existing: std::collections::BTreeSet<&str> =
+        spec.image_pull_secrets.iter().filter_map(|s| s.name.as_deref()).collect();
+    let mut added = std::collections::BTreeSet::new();
+    let mut missing = Vec::new();
+    for (_, image) in spec.images(WorkloadKind::Pod.spec_path()) {
+        let Ok(reference) = Reference::parse(image) else { continue };
+        if let Decision::Allowed(registry) = policy.decide(&reference, namespace) {
+            if let Some(secret) = registry.pull_secret.as_deref() {
+                if !existing.contains(secret) && added.insert(secret) {
+                    missing.push((secret, registry));
+                }
+            }
+        }
+    }
+    missing
+}
+
+/// The JSON Patch (RFC 6902) that appends `secrets` to the Pod's `imagePullSecrets`, creating
+/// the list when the Pod has none.
+pub fn pull_secret_patch(spec: &PodSpec<'_>, secrets: &[&str]) -> serde_json::Value {
+    let secrets = secrets.iter().map(|name| json!({ "name": name }));
+    if spec.image_pull_secrets.is_empty() {
+        json!([{ "op": "add", "path": "/spec/imagePullSecrets", "value": secrets.collect::<Vec<_>>() }])
+    } else {
+        secrets
+            .map(|secret| json!({ "op": "add", "path": "/spec/imagePullSecrets/-", "value": secret }))
+            .collect()
+    }
 }
 
 /// The answer to a review of the policy ConfigMap, and what the edit switches off, if anything.

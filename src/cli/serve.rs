@@ -15,8 +15,8 @@ use tokio::task::JoinSet;
 
 use super::{LogFormat, init_logging, kube_client, read};
 
-/// The policy `serve` uses when given none.
-const DEFAULT_POLICY: &str = include_str!("../../policy/default.yaml");
+/// The policy `serve` uses when given none (shared with `check`).
+const DEFAULT_POLICY: &str = registry_gate::check::BUNDLED_POLICY;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {

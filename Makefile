@@ -5,8 +5,12 @@ CARGO ?= cargo
 
 # The webhook on https://127.0.0.1:8443 (metrics on :9090) with the bundled default policy and
 # development certificates generated into certs/ on first run.
+# The webhook on loopback with the bundled policy, or POLICY=FILE (reloaded when it changes).
+# The quickstart profile builds in minutes; `cargo build --release` is what to deploy.
+POLICY ?=
 run:
-	$(CARGO) run --release -- serve --listen 127.0.0.1:8443 --metrics-listen 127.0.0.1:9090 --log-format text
+	$(CARGO) run --profile quickstart -- serve --listen 127.0.0.1:8443 --metrics-listen 127.0.0.1:9090 \
+		--log-format text $(if $(POLICY),--policy $(POLICY))
 
 # Everything that proves registry-gate: unit, property, vector, differential (against Go's own
 # parser, built from the Go module proxy), CLI, HTTPS integration tests, the end-to-end suite

@@ -363,8 +363,14 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<A
         .list(&ListParams::default().labels(&format!("{}={}", sync::MANAGED_LABEL, sync::MANAGED_VALUE)))
         .await
         .map_err(|source| ControllerError::Api { what: format!("the copies in {name}"), source })?;
-    let ours: HashMap<String, Secret> =
-        listed.items.into_iter().map(|copy| (copy.name_any(), copy)).collect();
+    // Managed Secrets that are not copies from this installation's sources (another
+    // installation's, an ECR-refreshed source) are foreign here: never rewritten or deleted.
+    let ours: HashMap<String, Secret> = listed
+        .items
+        .into_iter()
+        .filter(|copy| sync::is_copy_from(copy, &context.options.namespace))
+        .map(|copy| (copy.name_any(), copy))
+        .collect();
     let mut states: Vec<(String, CopyState)> = Vec::new();
 
     for wanted in wanted.values() {

@@ -128,9 +128,20 @@ pub fn judge_source(source: Option<&Secret>, registries: &[&Registry]) -> Source
     SourceVerdict::Ready { data: secret.data.clone().unwrap_or_default(), hash }
 }
 
-/// Whether a Secret is a copy registry-gate manages.
+/// Whether a Secret is one registry-gate wrote (a copy, or an ECR-refreshed source).
 pub fn is_managed(secret: &Secret) -> bool {
     secret.labels().get(MANAGED_LABEL).map(String::as_str) == Some(MANAGED_VALUE)
+}
+
+/// Whether a Secret is a copy this installation made: managed, and copied from a source in
+/// `source_namespace`. A second registry-gate in the cluster (another namespace) labels its
+/// copies the same way, and an ECR-refreshed source carries the label without being a copy:
+/// neither is ever rewritten or deleted by this sync.
+pub fn is_copy_from(secret: &Secret, source_namespace: &str) -> bool {
+    is_managed(secret)
+        && secret.annotations().get(SOURCE_ANNOTATION).is_some_and(|source| {
+            source.strip_prefix(source_namespace).is_some_and(|rest| rest.starts_with('/'))
+        })
 }
 
 /// Whether a managed copy holds exactly `hash`'s content: its annotation says so and its data
@@ -201,7 +212,7 @@ pub async fn put_copy(
             Err(kube::Error::Api(status)) if status.code == 409 => {
                 // Ours, not yet in the cache (then the next pass replaces it), or a stranger's.
                 match api.get_opt(&copy.name_any()).await? {
-                    Some(found) if is_managed(&found) => {
+                    Some(found) if is_copy_from(&found, &source_namespace(&copy)) => {
                         copy.metadata.resource_version = found.resource_version();
                         let written = api.replace(&copy.name_any(), &PostParams::default(), &copy).await?;
                         Ok(Written::Replaced(written.resource_version()))
@@ -212,6 +223,15 @@ pub async fn put_copy(
             Err(e) => Err(e),
         },
     }
+}
+
+/// The source namespace a copy names (`NAMESPACE/NAME` in its source annotation).
+fn source_namespace(copy: &Secret) -> String {
+    copy.annotations()
+        .get(SOURCE_ANNOTATION)
+        .and_then(|source| source.split_once('/'))
+        .map(|(namespace, _)| namespace.to_owned())
+        .unwrap_or_default()
 }
 
 /// Deletes our copy, only if it is still the object we saw (same uid and version).
@@ -278,6 +298,24 @@ registries:
             )
         };
         assert!(allowed(&payments) && !allowed(&search));
+    }
+
+    #[test]
+    fn only_copies_from_this_installations_namespace_are_ours() {
+        let secret = |source: Option<&str>| Secret {
+            metadata: ObjectMeta {
+                labels: Some(BTreeMap::from([(MANAGED_LABEL.to_owned(), MANAGED_VALUE.to_owned())])),
+                annotations: source.map(|s| BTreeMap::from([(SOURCE_ANNOTATION.to_owned(), s.to_owned())])),
+                ..ObjectMeta::default()
+            },
+            ..Secret::default()
+        };
+        assert!(is_copy_from(&secret(Some("registry-gate/ghcr-acme")), "registry-gate"));
+        assert!(!is_copy_from(&secret(Some("registry-gate-staging/ghcr-acme")), "registry-gate"));
+        assert!(!is_copy_from(&secret(Some("other/ghcr-acme")), "registry-gate"));
+        // An ECR-refreshed source: managed, but a source, not a copy.
+        assert!(!is_copy_from(&secret(None), "registry-gate"));
+        assert!(!is_copy_from(&Secret::default(), "registry-gate"));
     }
 
     #[test]

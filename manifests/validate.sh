@@ -440,7 +440,8 @@ events.events.k8s.io [] [] [create patch]
 namespaces [] [] [list watch]
 EOF
 
-# The controller: Secrets and Events everywhere, Namespaces read-only, two ConfigMaps.
+# The controller: Secrets and Events everywhere, Namespaces read-only, Pods and workloads listed
+# (the audit), three ConfigMaps.
 check "RBAC controller: get/list/watch/create/update/patch/delete Secrets in another namespace" \
   can_all "${CONTROLLER}" yes secrets default get list watch create update patch delete
 check "RBAC controller: get/list/watch the source Secrets in registry-gate" \
@@ -467,13 +468,25 @@ check "RBAC controller: create ConfigMaps in registry-gate (cannot be held to on
   can "${CONTROLLER}" yes create configmaps registry-gate
 check "RBAC controller: get/update/patch configmap/registry-gate-sync-status" \
   can_all "${CONTROLLER}" yes configmap/registry-gate-sync-status registry-gate get update patch
+check "RBAC controller: get/update/patch configmap/registry-gate-audit" \
+  can_all "${CONTROLLER}" yes configmap/registry-gate-audit registry-gate get update patch
+audit_lists() {
+  local r
+  for r in pods replicationcontrollers deployments.apps statefulsets.apps daemonsets.apps \
+    replicasets.apps jobs.batch cronjobs.batch; do
+    can "${CONTROLLER}" yes list "${r}" "*" || return 1
+  done
+}
+check "RBAC controller: list Pods and workloads in every namespace (the audit)" audit_lists
+check "RBAC controller: no get or watch of Pods (the audit caches nothing)" \
+  can_all "${CONTROLLER}" no pods default get watch
 check "RBAC controller: no delete of configmap/registry-gate-sync-status" \
   can "${CONTROLLER}" no delete configmap/registry-gate-sync-status registry-gate
 check "RBAC controller: no get, update or patch of any other ConfigMap by name" \
   can_all "${CONTROLLER}" no configmap/other registry-gate get update patch
 check "RBAC controller: no ConfigMaps outside registry-gate" \
   can_all "${CONTROLLER}" no configmaps default get list watch create
-check "RBAC controller: nothing on Pods" can_all "${CONTROLLER}" no pods default create update delete
+check "RBAC controller: no writes to Pods" can_all "${CONTROLLER}" no pods default create update delete
 check "RBAC controller: nothing on workloads, its own Deployment included" \
   can_all "${CONTROLLER}" no deployments.apps registry-gate update patch
 check "RBAC controller: nothing on validating webhook configurations" \
@@ -492,16 +505,33 @@ events [] [] [create patch]
 events.events.k8s.io [] [] [create patch]
 namespaces [] [] [get list watch]
 secrets [] [] [get list watch create update patch delete]
+cronjobs.batch [] [] [list]
+daemonsets.apps [] [] [list]
+deployments.apps [] [] [list]
+jobs.batch [] [] [list]
+pods [] [] [list]
+replicasets.apps [] [] [list]
+replicationcontrollers [] [] [list]
+statefulsets.apps [] [] [list]
 EOF
 check "RBAC controller: exactly the rules of the table in registry-gate" \
   exactly_rules "${CONTROLLER}" registry-gate <<'EOF'
 configmaps [] [registry-gate-policy] [get]
+configmaps [] [registry-gate-audit] [get update patch]
 configmaps [] [registry-gate-sync-status] [get update patch]
 configmaps [] [] [list watch create]
 events [] [] [create patch]
 events.events.k8s.io [] [] [create patch]
 namespaces [] [] [get list watch]
 secrets [] [] [get list watch create update patch delete]
+cronjobs.batch [] [] [list]
+daemonsets.apps [] [] [list]
+deployments.apps [] [] [list]
+jobs.batch [] [] [list]
+pods [] [] [list]
+replicasets.apps [] [] [list]
+replicationcontrollers [] [] [list]
+statefulsets.apps [] [] [list]
 EOF
 
 echo

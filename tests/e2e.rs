@@ -7,6 +7,8 @@
 //!   an edit takes effect.
 //! - `pull_secrets_are_synced` runs `registry-gate controller` and proves the pull-secret copies
 //!   (e2e/sync.rs).
+//! - `running_workloads_are_audited` runs the controller's audit over Pods and workloads that
+//!   exist before it starts, and again after a policy change (e2e/audit.rs).
 //!
 //! The control plane binaries come from `REGISTRY_GATE_CONTROLPLANE_BIN`, else from
 //! `tests/controlplane/build.sh` (cached; a cold build takes ~13 min). When they cannot be had the
@@ -20,6 +22,8 @@
 #[allow(dead_code)]
 #[path = "e2e/apiserver.rs"]
 mod apiserver;
+#[path = "e2e/audit.rs"]
+mod audit;
 #[path = "e2e/cluster.rs"]
 mod cluster;
 #[path = "e2e/gate.rs"]
@@ -1018,6 +1022,20 @@ fn pull_secrets_are_synced() {
     let dir = scratch("sync");
     let mut s = Scenarios::new();
     sync::pull_secret_sync(cp, &mut s, dir.path());
+    s.finish(|| {
+        let kept = dir.keep();
+        println!("the controller's log is kept in {}", kept.display());
+    });
+}
+
+#[test]
+fn running_workloads_are_audited() {
+    // The objects it creates must not meet the webhooks another scenario registers.
+    let _turn = exclusive();
+    let cp = control_plane();
+    let dir = scratch("audit");
+    let mut s = Scenarios::new();
+    audit::workload_audit(cp, &mut s, dir.path());
     s.finish(|| {
         let kept = dir.keep();
         println!("the controller's log is kept in {}", kept.display());

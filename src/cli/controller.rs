@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
+use registry_gate::controller::audit::AuditOptions;
 use registry_gate::controller::{self, ControllerOptions, SyncMetrics};
 use registry_gate::metrics::Metrics;
 use registry_gate::policy::PolicyStore;
@@ -45,6 +46,13 @@ pub struct ControllerArgs {
     /// Secret writes per second at most, across all namespaces.
     #[arg(long, default_value_t = 50)]
     writes_per_second: u32,
+    /// Seconds between audits of every running Pod and workload against the policy (one also
+    /// follows each policy change); 0 turns the audit off.
+    #[arg(long, default_value_t = 300)]
+    audit_interval_seconds: u64,
+    /// Objects per list request of the audit: what bounds its memory.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(10..=5000))]
+    audit_page_size: u32,
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
 }
@@ -93,6 +101,14 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             _ => anyhow::bail!("no policy source"),
         }
         tasks.spawn(controller::ecr::refresh(client.clone(), options.namespace.clone(), metrics.ecr()));
+        if args.audit_interval_seconds > 0 {
+            let audit = AuditOptions {
+                namespace: options.namespace.clone(),
+                interval: Duration::from_secs(args.audit_interval_seconds),
+                page_size: args.audit_page_size,
+            };
+            tasks.spawn(controller::audit::run(client.clone(), store.clone(), audit, metrics.audit()));
+        }
         tasks.spawn(controller::run(client, store.clone(), options, metrics.clone(), ready.clone(), stopped()));
         let operations = controller::serve_operations(listener, store, metrics, ready, stopped());
         tasks.spawn(async move {

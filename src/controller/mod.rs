@@ -20,6 +20,7 @@
 //! namespace: a source that fails its check gets one Warning Event on it, a conflict one in its
 //! namespace.
 
+pub mod audit;
 pub mod ecr;
 pub mod sync;
 
@@ -75,6 +76,8 @@ pub struct SyncMetrics {
     writes: IntCounter,
     /// The ECR token refresh's own metrics (credential expiry, failures).
     ecr: ecr::EcrMetrics,
+    /// The audit's metrics (violations of running workloads).
+    audit: audit::AuditMetrics,
 }
 
 impl SyncMetrics {
@@ -108,7 +111,14 @@ impl SyncMetrics {
         ] {
             registry.register(collector).expect("metric names are unique");
         }
-        SyncMetrics { registry, copies, last_sync, writes, ecr: ecr::EcrMetrics::new() }
+        SyncMetrics {
+            registry,
+            copies,
+            last_sync,
+            writes,
+            ecr: ecr::EcrMetrics::new(),
+            audit: audit::AuditMetrics::new(),
+        }
     }
 
     /// The ECR refresh's metrics, exported with these.
@@ -116,10 +126,15 @@ impl SyncMetrics {
         self.ecr.clone()
     }
 
+    /// The audit's metrics, exported with these.
+    pub fn audit(&self) -> audit::AuditMetrics {
+        self.audit.clone()
+    }
+
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
-        String::from_utf8(buffer).unwrap_or_default() + &self.ecr.render()
+        String::from_utf8(buffer).unwrap_or_default() + &self.ecr.render() + &self.audit.render()
     }
 }
 

@@ -227,3 +227,73 @@ fn json_output_has_the_documented_fields() {
     assert_eq!(image["new"]["image"], "quay.io/acme/cache:2");
     assert!(image["new"]["reason"].as_str().is_some_and(|r| r.contains("quay.io/acme/cache")), "{image}");
 }
+
+#[test]
+fn the_audit_inventory_lists_what_runs_and_would_be_refused() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    write(dir.path(), "old.yaml", &policy(&format!("{GHCR}{QUAY}"), "exemptNamespaces: [kube-system]\n"));
+    write(dir.path(), "new.yaml", &policy(GHCR, "exemptNamespaces: [kube-system]\n"));
+    // The images.json of ConfigMap registry-gate-audit, as the controller's audit writes it.
+    let entry = |namespace: &str, image: &str, pods: u32, workloads: u32, example: &str| serde_json::json!({"namespace": namespace, "image": image, "pods": pods, "workloads": workloads, "example": example});
+    let inventory = serde_json::json!({"generation": 7, "finished": 1_796_000_000, "truncated": false, "images": [
+        entry("shop", "ghcr.io/acme/web:1", 3, 1, "Deployment/web"),
+        entry("shop", "quay.io/acme/cache:2", 3, 1, "Deployment/web"),
+        entry("blog", "quay.io/acme/blog:5", 1, 0, "Pod/blog-0"),
+        entry("kube-system", "quay.io/acme/agent:1", 4, 1, "DaemonSet/agent"),
+    ]});
+    write(dir.path(), "in-use.json", &inventory.to_string());
+
+    let output =
+        registry_gate(dir.path(), &["policy", "diff", "old.yaml", "new.yaml", "--in-use", "in-use.json"]);
+    assert_eq!(output.status.code(), Some(1), "{}{}", stdout(&output), stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains("in use and refused: 4 Pods and 1 workloads in 2 namespaces (audit of 2026-"),
+        "{text}"
+    );
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("breaks-running")).collect();
+    assert_eq!(lines.len(), 2, "the exempt namespace and the GHCR image break nothing:\n{text}");
+    assert!(
+        lines[0].starts_with(
+            "breaks-running shop Deployment/web uses quay.io/acme/cache:2 (3 Pods, 1 workloads): "
+        ),
+        "{text}"
+    );
+    assert!(lines[1].contains("blog Pod/blog-0 uses quay.io/acme/blog:5"), "{text}");
+
+    let json = registry_gate(
+        dir.path(),
+        &["policy", "diff", "old.yaml", "new.yaml", "--in-use", "in-use.json", "-o", "json"],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(report["inUseChecked"], true);
+    assert_eq!(report["inUse"][1]["namespace"], "blog");
+    assert!(
+        report["inUse"][1]["reason"].as_str().is_some_and(|r| r.contains("quay.io/acme/blog")),
+        "{report}"
+    );
+
+    // Nothing in use breaks: exit 0 although a registry is removed.
+    write(
+        dir.path(),
+        "unused.json",
+        &serde_json::json!({"generation": 1, "finished": 0, "truncated": false, "images": [
+        entry("shop", "ghcr.io/acme/web:1", 3, 1, "Deployment/web")]})
+        .to_string(),
+    );
+    let output =
+        registry_gate(dir.path(), &["policy", "diff", "old.yaml", "new.yaml", "--in-use", "unused.json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    assert!(stdout(&output).contains("nothing in use is refused"), "{}", stdout(&output));
+
+    // Not an inventory: exit 2 naming the file.
+    write(dir.path(), "bad.json", "{\"images\": 3}");
+    let output =
+        registry_gate(dir.path(), &["policy", "diff", "old.yaml", "new.yaml", "--in-use", "bad.json"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("bad.json is not the images.json of registry-gate-audit"),
+        "{}",
+        stderr(&output)
+    );
+}

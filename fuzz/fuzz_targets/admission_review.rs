@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(request) = Request::parse(data) else { return };
     let uid = request.uid().to_owned();
     // The API server matches answers to requests by uid alone.
-    assert_eq!(admission::answer_policy_review(&request).answer.response.uid, uid);
+    assert_eq!(admission::answer_policy_review(&request, |_, _| None).answer.response.uid, uid);
     let snapshot = stores()[0].current().expect("a policy is installed");
     let answer = admission::answer(Webhook::Mutate, request, &snapshot, None);
     assert_eq!(answer.response.uid, uid);

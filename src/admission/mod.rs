@@ -386,8 +386,13 @@ pub struct PolicyReview {
 /// can always repair the policy).
 ///
 /// A valid edit is admitted with warnings the person applying it sees: the policy's own
-/// warnings, and what the edit switches off compared with the policy it replaces.
-pub fn answer_policy_review(request: &Request<'_>) -> PolicyReview {
+/// warnings, what the edit switches off compared with the policy it replaces, and what
+/// `in_use_warning` says the new policy would refuse among the images running today (given the
+/// old policy, when it parses, and the new one).
+pub fn answer_policy_review(
+    request: &Request<'_>,
+    in_use_warning: impl FnOnce(Option<&crate::policy::Policy>, &crate::policy::Policy) -> Option<String>,
+) -> PolicyReview {
     use crate::policy::Policy;
     use crate::policy::source::CONFIGMAP_KEY;
 
@@ -413,6 +418,9 @@ pub fn answer_policy_review(request: &Request<'_>) -> PolicyReview {
             response.warnings = policy.warnings.iter().map(|w| format!("registry-gate: {w}")).collect();
             // An old policy that does not parse enforced nothing that this edit could weaken.
             let old = policy_text(request.old_object.as_ref()).and_then(|text| Policy::parse(&text).ok());
+            if let Some(warning) = in_use_warning(old.as_ref(), &policy) {
+                response.warnings.push(format!("registry-gate: {warning}"));
+            }
             let weakened = old.map(|old| old.weakenings(&policy)).unwrap_or_default();
             if !weakened.is_empty() {
                 response

@@ -6,11 +6,19 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use registry_gate::check::{self, DEFAULT_NAMESPACE, ImageReport};
+use std::collections::HashMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace as KubeNamespace};
+use kube::Api;
+use kube::api::ListParams;
 use registry_gate::policy::diff::{self, Change, ImageChange};
-use registry_gate::policy::{Mode, Namespace, Policy};
+use registry_gate::policy::in_use::{
+    AUDIT_CONFIGMAP, INVENTORY_KEY, Impact, Inventory, Refused, newly_refused,
+};
+use registry_gate::policy::{Labels, Mode, Namespace, Policy};
 use serde::Serialize;
 
-use super::{EXIT_ERROR, read};
+use super::{EXIT_ERROR, kube_client, read};
 
 #[derive(Subcommand)]
 pub enum PolicyCommand {
@@ -33,6 +41,20 @@ pub struct DiffArgs {
     /// standard input.
     #[arg(long = "filename", short = 'f')]
     manifests: Vec<PathBuf>,
+    /// What runs today, as the controller's audit last saw it: the `images.json` key of the
+    /// ConfigMap registry-gate-audit saved to a file (`-` reads standard input). Every image in
+    /// use that OLD admits and NEW refuses is listed.
+    #[arg(long, value_name = "FILE", conflicts_with = "in_use_from_cluster")]
+    in_use: Option<PathBuf>,
+    /// Read that inventory, and the namespaces' labels, from the cluster.
+    #[arg(long)]
+    in_use_from_cluster: bool,
+    /// registry-gate's namespace, where the audit ConfigMap is (with --in-use-from-cluster).
+    #[arg(long, default_value = "registry-gate")]
+    namespace: String,
+    /// Kubeconfig; otherwise KUBECONFIG or the in-cluster account (with --in-use-from-cluster).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
     /// `text` for people, `json` for scripts (its shape is in docs/policy-diff.md).
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -115,6 +137,10 @@ struct DiffReport<'a> {
     /// Whether manifests were given; without them `images` is empty and says nothing.
     manifests_checked: bool,
     images: &'a [ImageChange],
+    /// Whether an inventory of what runs was given; without it `inUse` is empty and says nothing.
+    in_use_checked: bool,
+    /// Images in use that OLD admits and NEW refuses.
+    in_use: &'a [Refused<'a>],
 }
 
 fn diff(args: &DiffArgs) -> anyhow::Result<ExitCode> {
@@ -131,15 +157,25 @@ fn diff(args: &DiffArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("in {}", path.display()))?;
         images.extend(found);
     }
-    // With manifests, what breaks is known exactly: a removed registry nothing uses is no
-    // reason to stop a pipeline. Without them, anything that may break counts.
-    let breaking = if args.manifests.is_empty() {
+    let in_use = in_use_inventory(args)?;
+    let refused = match &in_use {
+        Some((inventory, labels)) => newly_refused(Some(&old), &new, inventory, |name| labels.get(name)),
+        None => Vec::new(),
+    };
+    // With manifests or what runs, what breaks is known exactly: a removed registry nothing
+    // uses is no reason to stop a pipeline. Without them, anything that may break counts.
+    let breaking = if args.manifests.is_empty() && in_use.is_none() {
         changes.iter().any(|c| c.class.is_breaking())
     } else {
-        images.iter().any(|i| i.class == diff::ImageClass::Breaks)
+        images.iter().any(|i| i.class == diff::ImageClass::Breaks) || !refused.is_empty()
     };
     match args.output {
-        Output::Text => print!("{}", render_diff(&changes, !args.manifests.is_empty(), &images, new.mode)),
+        Output::Text => {
+            print!("{}", render_diff(&changes, !args.manifests.is_empty(), &images, new.mode));
+            if let Some((inventory, _)) = &in_use {
+                print!("{}", render_in_use(inventory, &refused));
+            }
+        }
         Output::Json => {
             let report = DiffReport {
                 old: args.old.display().to_string(),
@@ -148,11 +184,77 @@ fn diff(args: &DiffArgs) -> anyhow::Result<ExitCode> {
                 changes: &changes,
                 manifests_checked: !args.manifests.is_empty(),
                 images: &images,
+                in_use_checked: in_use.is_some(),
+                in_use: &refused,
             };
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
     }
     Ok(if breaking { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// The audit's inventory and the namespaces' labels (known only from the cluster), if asked for.
+fn in_use_inventory(args: &DiffArgs) -> anyhow::Result<Option<(Inventory, HashMap<String, Labels>)>> {
+    if let Some(path) = &args.in_use {
+        let text = read(path)?;
+        let inventory = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not the images.json of {AUDIT_CONFIGMAP}", path.display()))?;
+        return Ok(Some((inventory, HashMap::new())));
+    }
+    if !args.in_use_from_cluster {
+        return Ok(None);
+    }
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let client = kube_client(args.kubeconfig.as_deref()).await?;
+        let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &args.namespace);
+        let configmap = configmaps
+            .get_opt(AUDIT_CONFIGMAP)
+            .await
+            .with_context(|| format!("cannot read ConfigMap {}/{AUDIT_CONFIGMAP}", args.namespace))?
+            .with_context(|| {
+                format!(
+                    "ConfigMap {}/{AUDIT_CONFIGMAP} does not exist: is registry-gate controller running with its audit on?",
+                    args.namespace
+                )
+            })?;
+        let text = configmap.data.as_ref().and_then(|data| data.get(INVENTORY_KEY)).with_context(|| {
+            format!("ConfigMap {}/{AUDIT_CONFIGMAP} has no {INVENTORY_KEY} key", args.namespace)
+        })?;
+        let inventory: Inventory = serde_json::from_str(text)
+            .with_context(|| format!("ConfigMap {}/{AUDIT_CONFIGMAP} key {INVENTORY_KEY} does not read", args.namespace))?;
+        let namespaces: Api<KubeNamespace> = Api::all(client);
+        let mut labels = HashMap::new();
+        for namespace in namespaces.list_metadata(&ListParams::default()).await.context("cannot list namespaces")? {
+            labels.insert(namespace.metadata.name.unwrap_or_default(), namespace.metadata.labels.unwrap_or_default());
+        }
+        anyhow::Ok(Some((inventory, labels)))
+    })
+}
+
+fn render_in_use(inventory: &Inventory, refused: &[Refused<'_>]) -> String {
+    let when = time::OffsetDateTime::from_unix_timestamp(inventory.finished)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| "an unknown time".into());
+    let truncated = if inventory.truncated { "; the inventory is truncated, so perhaps more" } else { "" };
+    if refused.is_empty() {
+        return format!("nothing in use is refused (audit of {when}{truncated})\n");
+    }
+    let impact = Impact::of(refused);
+    let mut out = format!(
+        "in use and refused: {} Pods and {} workloads in {} namespaces (audit of {when}{truncated})\n",
+        impact.pods,
+        impact.workloads,
+        impact.namespaces.len()
+    );
+    for Refused { in_use, reason } in refused {
+        out.push_str(&format!(
+            "breaks-running {} {} uses {} ({} Pods, {} workloads): {reason}\n",
+            in_use.namespace, in_use.example, in_use.image, in_use.pods, in_use.workloads
+        ));
+    }
+    out
 }
 
 /// A policy file for `diff`, or `None` once its problems are printed as `policy validate`

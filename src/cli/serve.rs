@@ -164,6 +164,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 "the namespace watch stopped"
             });
         }
+        // The audit's inventory sits beside the policy ConfigMap; it only adds warnings to
+        // policy edits, so it is followed only where edits come through the policy door.
+        if let (PolicySource::ConfigMap { configmap }, Some(client)) = (&policy_source, &client) {
+            let feed = options.in_use.clone();
+            let (client, namespace) = (client.clone(), configmap.namespace.clone());
+            watches.spawn(async move {
+                feed.follow(client, namespace).await;
+                "the audit inventory watch stopped"
+            });
+        }
         let server = Server::bind(options, store.clone()).await?;
         match (policy_source, client) {
             (PolicySource::File(path), _) => {

@@ -26,14 +26,12 @@ use prometheus::{Encoder, Gauge, IntCounter, IntGauge, IntGaugeVec, Opts, Regist
 use serde::{Deserialize, Serialize};
 
 use crate::admission::workload::{ObjectView, SpecView, WorkloadKind};
+pub use crate::policy::in_use::{AUDIT_CONFIGMAP, INVENTORY_KEY, InUse, Inventory};
 use crate::policy::{self, Decision, Denial, Labels, Policy, PolicyStore};
 
-/// The ConfigMap (in registry-gate's namespace) the audit writes its findings to.
-pub const AUDIT_CONFIGMAP: &str = "registry-gate-audit";
-/// Its key holding the summary people read (YAML).
+/// The audit ConfigMap's key holding the summary people read (YAML); the inventory is under
+/// [`INVENTORY_KEY`].
 pub const SUMMARY_KEY: &str = "summary.yaml";
-/// Its key holding the image inventory the policy door reads (JSON, [`Inventory`]).
-pub const INVENTORY_KEY: &str = "images.json";
 
 /// Distinct (namespace, kind, registry, reason) label sets exported; more are counted in
 /// `registry_gate_audit_violations_unlabelled` instead, so that hostile image hosts cannot grow
@@ -164,29 +162,6 @@ pub struct Finding {
     pub reason: Reason,
     /// What a denied user would read.
     pub message: String,
-}
-
-/// The (namespace, image) pairs in use, for the policy door.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Inventory {
-    /// The policy generation the audit decided with (informational).
-    pub generation: u64,
-    /// Unix time the pass finished.
-    pub finished: i64,
-    /// Whether pairs were left out because of [`MAX_INVENTORY`].
-    pub truncated: bool,
-    pub images: Vec<InUse>,
-}
-
-/// One image in one namespace, and how many running Pods and workloads use it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InUse {
-    pub namespace: String,
-    pub image: String,
-    pub pods: u32,
-    pub workloads: u32,
-    /// One object using it, `Kind/name`, for messages.
-    pub example: String,
 }
 
 /// What one pass found.

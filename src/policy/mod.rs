@@ -5,6 +5,7 @@
 
 pub mod diff;
 mod document;
+pub mod in_use;
 mod matcher;
 mod pattern;
 mod registry_type;

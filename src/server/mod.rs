@@ -39,6 +39,7 @@ use crate::admission::{self, Webhook};
 use crate::metrics::Metrics;
 use crate::namespaces::NamespaceLabels;
 use crate::policy::PolicyStore;
+use crate::policy::in_use::{Impact, InUseFeed, newly_refused};
 use tls::{CertificateFiles, ReloadingCertificate, TlsError};
 
 /// The API server sends at most 3 MiB (an UPDATE carries the object twice); a larger body is
@@ -83,6 +84,9 @@ pub struct ServeOptions {
     /// Namespace labels, for registries scoped by a `namespaceSelector`; unwatched without a
     /// cluster (such registries then admit nothing).
     pub namespaces: NamespaceLabels,
+    /// The audit's inventory of images in use, for warnings on policy edits that would refuse
+    /// them; empty without a cluster.
+    pub in_use: InUseFeed,
 }
 
 impl ServeOptions {
@@ -103,6 +107,7 @@ impl ServeOptions {
             body_budget_per_client_bytes: None,
             policy_events: None,
             namespaces: NamespaceLabels::unwatched(),
+            in_use: InUseFeed::default(),
         }
     }
 }
@@ -189,6 +194,7 @@ impl Server {
             store: self.store,
             namespaces: self.options.namespaces.clone(),
             policy_events: self.options.policy_events.clone().map(crate::policy::source::recorder),
+            in_use: self.options.in_use.clone(),
         });
         let closing = Arc::new(AtomicBool::new(false));
         let webhook = webhook_router(state, budget.clone(), closing.clone(), self.options.request_timeout);
@@ -209,6 +215,7 @@ struct WebhookState {
     store: Arc<PolicyStore>,
     namespaces: NamespaceLabels,
     policy_events: Option<kube::runtime::events::Recorder>,
+    in_use: InUseFeed,
 }
 
 fn webhook_router(
@@ -434,7 +441,19 @@ async fn validate_policy(State(state): State<Arc<WebhookState>>, body: Bytes) ->
         }
         Err(e) => return malformed(metrics, &e),
     };
-    let review = admission::answer_policy_review(&request);
+    let in_use = state.in_use.current();
+    let impact = |old: Option<&crate::policy::Policy>, new: &crate::policy::Policy| {
+        let inventory = in_use.as_deref()?;
+        // One cache lookup per namespace, not per image.
+        let entries: std::collections::HashMap<&str, _> = inventory
+            .images
+            .iter()
+            .filter_map(|i| Some((i.namespace.as_str(), state.namespaces.get(&i.namespace)?)))
+            .collect();
+        let labels = |name: &str| entries.get(name).map(|entry| entry.labels());
+        Impact::of(&newly_refused(old, new, inventory, labels)).warning(inventory)
+    };
+    let review = admission::answer_policy_review(&request, impact);
     let labels = [operation_label(request.operation()), "ConfigMap", review.answer.outcome.label()];
     metrics.requests.with_label_values(&labels).inc();
     // The Event is a side effect, so never for a dry run (the webhook says NoneOnDryRun), and

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::Scenarios;
 use super::cluster::{ControlPlane, wait_for};
+use super::gate::{Gate, Registration, free_port, registry_gate, webhook_configurations, write_certificates};
 use super::sync::{ControllerProcess, GATE_NS, apply, namespace, policy};
 
 const DEV: &str = "audit-dev";
@@ -176,6 +177,89 @@ pub fn workload_audit(cp: &ControlPlane, s: &mut Scenarios, dir: &Path) {
         Ok(())
     });
 
+    s.run("policy door: an edit that would refuse running workloads is answered with a warning", || {
+        // The webhook on the policy ConfigMap, as installed: it follows the audit's ConfigMap.
+        let current = std::fs::read_to_string(&policy_file)?;
+        super::apply_policy(cp, &current).ok()?;
+        write_certificates(dir)?;
+        let (webhook_port, metrics_port) = (free_port(), free_port());
+        let kubeconfig = cp.kubeconfig.to_str().context("UTF-8 path")?;
+        let source = ["--policy-configmap", "registry-gate/registry-gate-policy", "--kubeconfig", kubeconfig];
+        let _gate = Gate::start(dir, webhook_port, metrics_port, &source, "gate.log")?;
+        let ca = std::fs::read(dir.join("ca.crt"))?;
+        let _registration =
+            Registration::apply(cp, &webhook_configurations(cp, webhook_port, &ca, |_| true)?)?;
+        // Without Docker Hub's official images, the Pod audit-dev/web (nginx) would be refused.
+        let without_hub: String = current
+            .lines()
+            .filter(|line| !line.contains("docker.io/library"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let dry_run = |text: &str| {
+            cp.kubectl_stdin(
+                &[
+                    "apply",
+                    "--server-side",
+                    "--force-conflicts",
+                    "--field-manager=registry-gate-e2e",
+                    "--dry-run=server",
+                    "-f",
+                    "-",
+                ],
+                &super::policy_configmap(text).to_string(),
+            )
+        };
+        let warning =
+            wait_for("the in-use warning", Duration::from_secs(15), Duration::from_millis(200), |last| {
+                let run = dry_run(&without_hub);
+                *last = run.stderr.clone();
+                (run.success() && run.stderr.contains("would refuse images")).then_some(run.stderr)
+            })?;
+        println!("kubectl apply of a policy without docker.io/library:\n{}", warning.trim_end());
+        ensure!(
+            warning.contains("1 running Pod and 0 workloads in 1 namespace use today")
+                && warning.contains("audit-dev/Pod/web uses nginx:1.27"),
+            "{warning}"
+        );
+        // `policy diff` reads the same inventory from the cluster.
+        let (old_file, new_file) = (dir.join("diff-old.yaml"), dir.join("diff-new.yaml"));
+        std::fs::write(&old_file, &current)?;
+        std::fs::write(&new_file, &without_hub)?;
+        let diff = registry_gate(&[
+            "policy",
+            "diff",
+            old_file.to_str().context("UTF-8 path")?,
+            new_file.to_str().context("UTF-8 path")?,
+            "--in-use-from-cluster",
+            "--kubeconfig",
+            kubeconfig,
+        ]);
+        ensure!(
+            diff.code == Some(1)
+                && diff
+                    .stdout
+                    .contains("breaks-running audit-dev Pod/web uses nginx:1.27 (1 Pods, 0 workloads)"),
+            "policy diff --in-use-from-cluster: {:?}\n{}{}",
+            diff.code,
+            diff.stdout,
+            diff.stderr
+        );
+        // An edit that refuses nothing in use (it only adds a registry) warns of nothing.
+        let wider = current.clone() + "  - {name: more, type: GHCR, url: ghcr.io/more}\n";
+        let run = dry_run(&wider);
+        ensure!(run.success() && !run.stderr.contains("would refuse images"), "{}", run.stderr);
+        Ok(())
+    });
+
+    let _ = cp.kubectl(&[
+        "-n",
+        GATE_NS,
+        "delete",
+        "configmap",
+        "registry-gate-policy",
+        "registry-gate-audit",
+        "--ignore-not-found",
+    ]);
     let _ = cp.kubectl(&["delete", "namespace", DEV, "--wait=false"]);
     let _ = cp.kubectl(&["-n", "kube-system", "delete", "pod", "audit-exempt", "--wait=false"]);
 }

@@ -105,7 +105,7 @@ fn a_broken_policy_or_missing_file_exits_two() {
 fn policy_validate_lists_problems_and_exits_one() {
     let valid = registry_gate(&["policy", "validate", POLICY]);
     assert_eq!(valid.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&valid.stdout).contains("19 registries"));
+    assert!(String::from_utf8_lossy(&valid.stdout).contains("20 registries"));
     let invalid = registry_gate(&["policy", "validate", "tests/data/manifests/workloads.yaml"]);
     assert_eq!(invalid.status.code(), Some(1));
     let errors = String::from_utf8_lossy(&invalid.stderr);

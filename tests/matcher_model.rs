@@ -193,6 +193,8 @@ fn matcher(policy: &Policy, deny: &[String], image: &str, namespace: &str) -> Ve
         }
         Decision::Denied(Denial::Unregistered) => Verdict::Unregistered,
         Decision::Denied(Denial::InvalidReference(e)) => panic!("{image}: {e}"),
+        // The model's policies set no tag rules.
+        Decision::Denied(Denial::TagRule(registry, rule)) => panic!("{image}: {rule:?} of {}", registry.name),
     }
 }
 

@@ -297,3 +297,43 @@ fn the_audit_inventory_lists_what_runs_and_would_be_refused() {
         stderr(&output)
     );
 }
+
+#[test]
+fn stricter_tag_rules_and_exact_matches_narrow() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    write(dir.path(), "old.yaml", &policy(GHCR, ""));
+    write(
+        dir.path(),
+        "new.yaml",
+        &policy(
+            "  - {name: ghcr, type: GHCR, url: ghcr.io/acme, tagRules: {requireDigest: true}}\n",
+            "tagRules: {denyLatest: true}\n",
+        ),
+    );
+    write(
+        dir.path(),
+        "app.yaml",
+        &(pod("pinned", "shop", &format!("ghcr.io/acme/a:1@sha256:{}", "b".repeat(64)))
+            + &pod("floating", "shop", "ghcr.io/acme/a:1")),
+    );
+    let output = registry_gate(dir.path(), &["policy", "diff", "old.yaml", "new.yaml", "-f", "app.yaml"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    let text = stdout(&output);
+    assert!(text.contains("narrows  registry ghcr (registries[0].tagRules.denyLatest): now refuses images pulling a moving latest"), "{text}");
+    assert!(
+        text.contains("(registries[0].tagRules.requireDigest): now refuses images not pinned by a digest"),
+        "{text}"
+    );
+    let broken: Vec<&str> = text.lines().filter(|l| l.starts_with("breaks")).collect();
+    assert_eq!(broken.len(), 1, "{text}");
+    assert!(broken[0].contains("Pod/floating"), "{text}");
+
+    write(
+        dir.path(),
+        "exact.yaml",
+        &policy("  - {name: ghcr, type: GHCR, url: ghcr.io/acme/a, match: exact}\n", ""),
+    );
+    write(dir.path(), "prefix.yaml", &policy("  - {name: ghcr, type: GHCR, url: ghcr.io/acme/a}\n", ""));
+    let text = stdout(&registry_gate(dir.path(), &["policy", "diff", "prefix.yaml", "exact.yaml"]));
+    assert!(text.contains("narrows  registry ghcr (registries[0].match): match becomes exact"), "{text}");
+}

@@ -328,3 +328,78 @@ fn a_broken_namespace_selector_is_refused_with_its_field_path() {
         assert!(error.contains(expected), "{selector}: expected {expected:?} in:\n{error}");
     }
 }
+
+#[test]
+fn an_exact_entry_admits_its_repository_and_nothing_under_it() {
+    let policy = policy_with(
+        "registries:\n  - {name: nginx-only, type: Public, url: docker.io/library/nginx, match: exact}\n  - {name: acme, type: GHCR, url: ghcr.io/acme}\n  - {name: acme-app, type: GHCR, url: ghcr.io/acme/app, match: exact, namespaces: [prod]}\n",
+    )
+    .expect("valid");
+    assert_eq!(decision(&policy, "nginx:1.27"), "allowed by nginx-only");
+    assert_eq!(decision(&policy, "index.docker.io/library/nginx:1"), "allowed by nginx-only");
+    assert!(decision(&policy, "docker.io/library/nginx/extra:1").contains("Unregistered"));
+    assert!(decision(&policy, "docker.io/library/nginx-evil:1").contains("Unregistered"));
+    // The exact entry is the most specific: its namespace scope applies to that repository,
+    // and paths under it fall back to the broader entry.
+    assert!(decision(&policy, "ghcr.io/acme/app:1").contains("NamespaceNotAllowed"));
+    assert_eq!(decision(&policy, "ghcr.io/acme/app/worker:1"), "allowed by acme");
+    assert_eq!(decision(&policy, "ghcr.io/acme/other:1"), "allowed by acme");
+}
+
+#[test]
+fn exact_needs_one_repository_on_one_host() {
+    for (url, want) in [
+        ("docker.io", "registries[0].match: is exact, which needs a url naming one repository"),
+        ("'*.corp.example/app'", "registries[0].match: is exact"),
+    ] {
+        let error =
+            policy_with(&format!("registries:\n  - {{name: r, type: Generic, url: {url}, match: exact}}\n"))
+                .expect_err("refused");
+        assert!(error.to_string().contains(want), "{url}: {error}");
+    }
+    let error =
+        policy_with("registries:\n  - {name: r, type: Generic, url: corp.example/app, match: exactly}\n")
+            .expect_err("refused");
+    assert!(error.to_string().contains("registries[0].match: is \"exactly\"; it is \"prefix\""), "{error}");
+}
+
+#[test]
+fn tag_rules_refuse_moving_tags_and_unpinned_images_per_registry_or_policy_wide() {
+    let digest = "sha256:".to_owned() + &"a".repeat(64);
+    let policy = policy_with(
+        "tagRules: {denyLatest: true}\nregistries:\n  - {name: hub, type: Public, url: docker.io/library}\n  - {name: prod, type: GHCR, url: ghcr.io/acme/prod, tagRules: {requireDigest: true}}\n  - {name: dev, type: GHCR, url: ghcr.io/acme/dev, tagRules: {denyLatest: false}}\n",
+    )
+    .expect("valid");
+    let decide = |image: &str| {
+        let namespace = Namespace::named("shop");
+        let (reference, decision) = policy.check(image, &namespace);
+        match decision {
+            Decision::Allowed(registry) => format!("allowed by {}", registry.name),
+            Decision::Denied(denial) => policy.denial_message(reference.as_ref(), &denial, &namespace),
+        }
+    };
+    assert_eq!(decide("nginx:1.27"), "allowed by hub");
+    let latest = decide("nginx:latest");
+    assert!(latest.contains("docker.io/library/nginx:latest pulls the moving tag latest"), "{latest}");
+    assert!(latest.contains("registry \"hub\" (docker.io/library) refuses"), "{latest}");
+    assert!(decide("nginx").contains("pulls the moving tag latest"), "no tag pulls latest");
+    assert_eq!(decide(&format!("nginx:latest@{digest}")), "allowed by hub", "a digest pins it");
+    // Per registry: prod requires a digest and still denies latest (policy-wide); dev allows latest.
+    let unpinned = decide("ghcr.io/acme/prod/api:2");
+    assert!(unpinned.contains("is not pinned by a digest, which registry \"prod\""), "{unpinned}");
+    assert_eq!(decide(&format!("ghcr.io/acme/prod/api:2@{digest}")), "allowed by prod");
+    assert_eq!(decide("ghcr.io/acme/dev/api:latest"), "allowed by dev");
+    assert_eq!(decide("ghcr.io/acme/dev/api"), "allowed by dev");
+    // Broken rules are refused with their field path.
+    for (body, want) in [
+        ("tagRules: {denyLatest: yes}\nregistries: []\n", "tagRules.denyLatest: must be true or false"),
+        ("tagRules: {}\nregistries: []\n", "tagRules: sets no rule"),
+        (
+            "registries:\n  - {name: r, type: Generic, url: corp.example, tagRules: {pinned: true}}\n",
+            "registries[0].tagRules.pinned: is not a known field",
+        ),
+    ] {
+        let error = policy_with(body).expect_err("refused");
+        assert!(error.to_string().contains(want), "{body}: {error}");
+    }
+}

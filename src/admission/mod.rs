@@ -284,7 +284,9 @@ fn count_denial(snapshot: &PolicySnapshot, denial: &Denial<'_>) {
     match denial {
         Denial::InvalidReference(_) => snapshot.counters.invalid(),
         Denial::Unregistered => snapshot.counters.unregistered(),
-        Denial::NamespaceNotAllowed(registry) => snapshot.counters.denied_by(label(registry)),
+        Denial::NamespaceNotAllowed(registry) | Denial::TagRule(registry, _) => {
+            snapshot.counters.denied_by(label(registry))
+        }
         Denial::DenyListed(_) => snapshot.counters.deny_listed(),
     }
 }

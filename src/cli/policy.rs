@@ -115,8 +115,18 @@ fn validate(path: &Path) -> anyhow::Result<ExitCode> {
             Some(patterns) => patterns.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
             None => "all namespaces".to_owned(),
         };
+        let mut rules = String::new();
+        if registry.exact {
+            rules += "; this repository only";
+        }
+        if registry.tag_rules.deny_latest == Some(true) {
+            rules += "; no latest";
+        }
+        if registry.tag_rules.require_digest == Some(true) {
+            rules += "; digests only";
+        }
         println!(
-            "  {:<24} {:<16} {:<48} {scope}; {secret}",
+            "  {:<24} {:<16} {:<48} {scope}; {secret}{rules}",
             registry.name,
             registry.registry_type.name(),
             registry.pattern

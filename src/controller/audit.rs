@@ -75,6 +75,7 @@ pub enum Reason {
     Unregistered,
     NamespaceNotAllowed,
     DenyListed,
+    TagRule,
 }
 
 impl Reason {
@@ -84,6 +85,7 @@ impl Reason {
             Denial::Unregistered => Reason::Unregistered,
             Denial::NamespaceNotAllowed(_) => Reason::NamespaceNotAllowed,
             Denial::DenyListed(_) => Reason::DenyListed,
+            Denial::TagRule(..) => Reason::TagRule,
         }
     }
 
@@ -93,6 +95,7 @@ impl Reason {
             Reason::Unregistered => "unregistered",
             Reason::NamespaceNotAllowed => "namespace-not-allowed",
             Reason::DenyListed => "deny-listed",
+            Reason::TagRule => "tag-rule",
         }
     }
 }

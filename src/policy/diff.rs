@@ -245,6 +245,41 @@ fn compare_registry(old: &Registry, new: &Registry, changes: &mut Vec<Change>) {
         };
         push(Class::Changes, ".credentials", message.to_owned());
     }
+    match (old.exact, new.exact) {
+        (false, true) => push(
+            Class::Narrows,
+            ".match",
+            format!("match becomes exact: only {} itself is admitted, not the paths under it", new.url),
+        ),
+        (true, false) => push(
+            Class::Widens,
+            ".match",
+            format!("match becomes prefix: every path under {} is admitted too", new.url),
+        ),
+        _ => {}
+    }
+    // The rules in force for the entry (its own over the policy-wide ones), so a policy-wide
+    // change shows on every entry it reaches.
+    for (field, before, after, what) in [
+        (
+            ".tagRules.denyLatest",
+            old.tag_rules.deny_latest,
+            new.tag_rules.deny_latest,
+            "images pulling a moving latest (or no tag)",
+        ),
+        (
+            ".tagRules.requireDigest",
+            old.tag_rules.require_digest,
+            new.tag_rules.require_digest,
+            "images not pinned by a digest",
+        ),
+    ] {
+        match (before == Some(true), after == Some(true)) {
+            (false, true) => push(Class::Narrows, field, format!("now refuses {what}")),
+            (true, false) => push(Class::Widens, field, format!("no longer refuses {what}")),
+            _ => {}
+        }
+    }
     compare_namespaces(old, new, &mut push);
     let old_selector = old.namespace_selector.as_ref().map(ToString::to_string);
     let new_selector = new.namespace_selector.as_ref().map(ToString::to_string);

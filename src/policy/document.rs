@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::pattern::RegistryPattern;
 use super::registry_type::RegistryType;
 use super::selector::{NamespaceSelector, Requirement, label_key_problem, label_value_problem};
-use super::{DenyRule, Mode, NamespacePattern, Policy, Registry};
+use super::{DenyRule, Mode, NamespacePattern, Policy, Registry, TagRules};
 use crate::yaml::{self, Node, Value};
 
 pub const API_VERSION: &str = "registry-gate.io/v1";
@@ -250,10 +250,29 @@ fn edit_distance(a: &str, b: &str) -> usize {
     previous[b.len()]
 }
 
-const POLICY_FIELDS: &[&str] =
-    &["apiVersion", "kind", "mode", "shortNameRegistry", "exemptNamespaces", "registries", "deny"];
-const REGISTRY_FIELDS: &[&str] =
-    &["name", "type", "url", "pullSecret", "credentials", "namespaces", "namespaceSelector", "description"];
+const POLICY_FIELDS: &[&str] = &[
+    "apiVersion",
+    "kind",
+    "mode",
+    "shortNameRegistry",
+    "exemptNamespaces",
+    "tagRules",
+    "registries",
+    "deny",
+];
+const REGISTRY_FIELDS: &[&str] = &[
+    "name",
+    "type",
+    "url",
+    "match",
+    "pullSecret",
+    "credentials",
+    "namespaces",
+    "namespaceSelector",
+    "tagRules",
+    "description",
+];
+const TAG_RULE_FIELDS: &[&str] = &["denyLatest", "requireDigest"];
 const SELECTOR_FIELDS: &[&str] = &["matchLabels", "matchExpressions"];
 const REQUIREMENT_FIELDS: &[&str] = &["key", "operator", "values"];
 const DENY_FIELDS: &[&str] = &["url", "reason"];
@@ -304,6 +323,9 @@ fn decode_policy(root: &Node, problems: &mut Problems) -> Option<Policy> {
     };
     let exempt_namespaces =
         fields.namespace_patterns("exemptNamespaces", problems).map(|(p, _)| p).unwrap_or_default();
+    let tag_rules = fields
+        .get("tagRules")
+        .map_or_else(TagRules::default, |node| decode_tag_rules(node, "tagRules", problems));
 
     let registries = match fields.list("registries", problems) {
         Some((items, _)) => {
@@ -329,7 +351,7 @@ fn decode_policy(root: &Node, problems: &mut Problems) -> Option<Policy> {
         None => Vec::new(),
     };
 
-    Some(Policy::assemble(mode, short_name_registry?.host, exempt_namespaces, registries, deny))
+    Some(Policy::assemble(mode, short_name_registry?.host, exempt_namespaces, registries, deny, tag_rules))
 }
 
 fn decode_registry(node: &Node, index: usize, problems: &mut Problems) -> Option<Registry> {
@@ -442,6 +464,34 @@ fn decode_registry(node: &Node, index: usize, problems: &mut Problems) -> Option
     let namespace_selector = fields
         .get("namespaceSelector")
         .and_then(|node| decode_selector(node, &fields.field_path("namespaceSelector"), problems));
+    let exact = match fields.string("match", problems) {
+        None | Some("prefix") => false,
+        Some("exact") => {
+            let line = fields.get("match").map_or(fields.line, |n| n.line);
+            if let Some(pattern) = &pattern {
+                if pattern.host.is_wildcard() || pattern.path.is_empty() {
+                    problems.add(
+                        &fields.field_path("match"),
+                        line,
+                        "is exact, which needs a url naming one repository on one host (no wildcard, a path)",
+                    );
+                }
+            }
+            true
+        }
+        Some(other) => {
+            let line = fields.get("match").map_or(fields.line, |n| n.line);
+            problems.add(
+                &fields.field_path("match"),
+                line,
+                format!("is {other:?}; it is \"prefix\" (the url and every path under it, the default) or \"exact\" (that one repository)"),
+            );
+            false
+        }
+    };
+    let tag_rules = fields.get("tagRules").map_or_else(TagRules::default, |node| {
+        decode_tag_rules(node, &fields.field_path("tagRules"), problems)
+    });
     fields.string("description", problems);
     Some(Registry {
         name: name?.0.to_owned(),
@@ -452,9 +502,38 @@ fn decode_registry(node: &Node, index: usize, problems: &mut Problems) -> Option
         node_credentials,
         namespaces,
         namespace_selector,
+        exact,
+        tag_rules,
         line: node.line,
         position: index,
     })
+}
+
+/// `tagRules`: each field a boolean; an empty mapping sets nothing and is refused as a likely
+/// mistake.
+fn decode_tag_rules(node: &Node, path: &str, problems: &mut Problems) -> TagRules {
+    let Some(fields) = Fields::of(node, path, TAG_RULE_FIELDS, problems) else {
+        return TagRules::default();
+    };
+    let flag = |name: &str, problems: &mut Problems| {
+        let node = fields.get(name)?;
+        match &node.value {
+            Value::Scalar { text, .. } if text == "true" => Some(true),
+            Value::Scalar { text, .. } if text == "false" => Some(false),
+            _ => {
+                problems.add(&fields.field_path(name), node.line, "must be true or false");
+                None
+            }
+        }
+    };
+    let rules = TagRules {
+        deny_latest: flag("denyLatest", problems),
+        require_digest: flag("requireDigest", problems),
+    };
+    if rules == TagRules::default() && problems.0.iter().all(|p| !p.field.starts_with(path)) {
+        problems.add(path, node.line, "sets no rule (denyLatest, requireDigest); leave it out instead");
+    }
+    rules
 }
 
 /// A Kubernetes `LabelSelector`. An empty one selects every namespace, so, like a wildcard-only

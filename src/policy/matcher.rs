@@ -27,6 +27,31 @@ const SCAN_LIMIT: usize = 8;
 /// Rules by host key.
 type HostTable = HashMap<Box<str>, HostRules, RandomState>;
 
+/// Entries that admit one repository and nothing under it (`match: exact`), by host key and
+/// then path: two lookups, made only when the policy has such entries. A full path is as deep
+/// as a match can be, so an exact entry that matches is the most specific.
+#[derive(Debug, Default)]
+pub(super) struct ExactRepositories(HashMap<Box<str>, HashMap<Box<str>, usize, RandomState>, RandomState>);
+
+impl ExactRepositories {
+    pub(super) fn build<'p>(entries: impl IntoIterator<Item = (usize, &'p RegistryPattern)>) -> Self {
+        let mut table = ExactRepositories::default();
+        for (position, pattern) in entries {
+            let paths = table.0.entry(pattern.host.key().into()).or_default();
+            paths.entry(pattern.path.clone()).or_insert(position);
+        }
+        table
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(super) fn lookup(&self, host: &str, path: &str) -> Option<usize> {
+        self.0.get(host)?.get(path).copied()
+    }
+}
+
 /// The allow and deny rules of a policy, indexed by host.
 #[derive(Debug, Default)]
 pub(super) struct Index {
@@ -147,17 +172,23 @@ fn deeper(best: Option<(usize, usize)>, found: Option<(usize, usize)>) -> Option
 impl Index {
     /// Indexes the allow patterns and the deny patterns by position. The policy has refused
     /// duplicate allow patterns; a repeated deny pattern keeps its first position.
+    /// An allow pattern given as `None` takes its position but is not indexed (an exact
+    /// repository, looked up in [`ExactRepositories`] instead).
     pub(super) fn build<'p>(
-        allow: impl IntoIterator<Item = &'p RegistryPattern>,
+        allow: impl IntoIterator<Item = Option<&'p RegistryPattern>>,
         deny: impl IntoIterator<Item = &'p RegistryPattern>,
     ) -> Self {
         let mut index = Index::default();
         let allow = allow.into_iter().map(|p| (p, false));
-        let deny = deny.into_iter().map(|p| (p, true));
+        let deny = deny.into_iter().map(|p| (Some(p), true));
         let mut positions = (0usize, 0usize);
         let mut hub_aliases = Vec::new();
         for (pattern, is_deny) in allow.chain(deny) {
             let position = if is_deny { &mut positions.1 } else { &mut positions.0 };
+            let Some(pattern) = pattern else {
+                *position += 1;
+                continue;
+            };
             Self::insert(index.rules_for(pattern), pattern, is_deny, *position);
             if pattern.host.covers_docker_hub_alias() {
                 hub_aliases.push((pattern, is_deny, *position));
@@ -243,7 +274,7 @@ mod tests {
     fn index(urls: &[&str]) -> Index {
         let patterns: Vec<RegistryPattern> =
             urls.iter().map(|u| RegistryPattern::parse(u).expect("valid url")).collect();
-        Index::build(&patterns, [])
+        Index::build(patterns.iter().map(Some), [])
     }
 
     fn allow(index: &Index, host: &str, path: &str) -> Option<usize> {
@@ -281,7 +312,7 @@ mod tests {
             .collect();
         let allow_patterns: Vec<RegistryPattern> =
             ["docker.io/library"].iter().map(|u| RegistryPattern::parse(u).expect("valid")).collect();
-        let index_with_deny = Index::build(&allow_patterns, &deny);
+        let index_with_deny = Index::build(allow_patterns.iter().map(Some), &deny);
         // docker.io is what index.docker.io and registry-1.docker.io become before lookup.
         assert_eq!(index_with_deny.lookup("docker.io", "library/nginx").deny, Some(0));
         assert_eq!(index_with_deny.lookup("ghcr.io", "library/nginx").deny, None);

@@ -19,7 +19,7 @@ use wildmatch::WildMatch;
 
 use crate::image::{ParseError, Reference};
 pub use document::{API_VERSION, KIND, PolicyError, Problem, is_dns_label, is_dns_subdomain};
-use matcher::{Index, PATH_BUF_LEN, join_path};
+use matcher::{ExactRepositories, Index, PATH_BUF_LEN, join_path};
 use pattern::{HOST_BUF_LEN, canonical_host, is_canonical_host};
 pub use pattern::{HostPattern, RegistryPattern};
 pub use registry_type::{Credentials, RegistryType};
@@ -62,6 +62,10 @@ pub struct Registry {
     pub namespaces: Option<Vec<NamespacePattern>>,
     /// Labels those namespaces must carry as well; `None` for any.
     pub namespace_selector: Option<NamespaceSelector>,
+    /// `match: exact`: the entry admits its one repository, not the paths under it.
+    pub exact: bool,
+    /// How images from it must name their version; unset rules follow the policy's.
+    pub tag_rules: TagRules,
     /// Where the entry starts in the policy document.
     pub line: usize,
     /// Index in the policy's `registries`, for per-registry counters.
@@ -88,6 +92,47 @@ impl Registry {
             (Some(selector), false) => format!("namespaces {} labelled {selector}", names.join(", ")),
         }
     }
+}
+
+/// How an image must name its version. Each rule is set policy-wide (`tagRules`) and may be
+/// set again per registry, which wins; unset means off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TagRules {
+    /// Refuse images that pull a moving `latest`: tagged `latest`, or with no tag (which pulls
+    /// `latest`), unless a digest pins them.
+    pub deny_latest: Option<bool>,
+    /// Refuse images not pinned by a digest (`@sha256:...`).
+    pub require_digest: Option<bool>,
+}
+
+impl TagRules {
+    /// These rules, with the unset ones taken from `wider`.
+    pub fn over(self, wider: TagRules) -> TagRules {
+        TagRules {
+            deny_latest: self.deny_latest.or(wider.deny_latest),
+            require_digest: self.require_digest.or(wider.require_digest),
+        }
+    }
+
+    /// The first rule the image breaks.
+    pub fn broken_by(self, image: &Reference<'_>) -> Option<TagRule> {
+        if self.require_digest == Some(true) && image.digest().is_none() {
+            return Some(TagRule::RequireDigest);
+        }
+        let moving = image.digest().is_none() && image.tag().is_none_or(|tag| tag == "latest");
+        (self.deny_latest == Some(true) && moving).then_some(TagRule::DenyLatest)
+    }
+
+    fn is_set(self) -> bool {
+        self.deny_latest.is_some() || self.require_digest.is_some()
+    }
+}
+
+/// One rule of [`TagRules`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagRule {
+    DenyLatest,
+    RequireDigest,
 }
 
 /// A registry (or part of one) that is refused even where an entry would allow it.
@@ -137,12 +182,17 @@ pub struct Policy {
     pub exempt_namespaces: Vec<NamespacePattern>,
     pub registries: Vec<Registry>,
     pub deny: Vec<DenyRule>,
+    /// Tag rules for every entry that does not set its own.
+    pub tag_rules: TagRules,
     /// What is allowed but probably not meant (a wildcard entry with a pull secret): shown by
     /// `policy validate`, at the door, and in the log when the policy loads.
     pub warnings: Vec<Problem>,
     index: Index,
+    exact: ExactRepositories,
     /// Whether any entry has a namespace selector, so that decisions need namespace labels.
     uses_namespace_labels: bool,
+    /// Whether any tag rule is set anywhere, so that decisions look at tags.
+    uses_tag_rules: bool,
 }
 
 /// The verdict on one image.
@@ -164,6 +214,8 @@ pub enum Denial<'p> {
     NamespaceNotAllowed(&'p Registry),
     /// A deny rule covers the image.
     DenyListed(&'p DenyRule),
+    /// The entry admits the image's repository, but not how the image names its version.
+    TagRule(&'p Registry, TagRule),
 }
 
 impl PartialEq for Registry {
@@ -190,21 +242,32 @@ impl Policy {
         exempt_namespaces: Vec<NamespacePattern>,
         mut registries: Vec<Registry>,
         deny: Vec<DenyRule>,
+        tag_rules: TagRules,
     ) -> Self {
         for (position, registry) in registries.iter_mut().enumerate() {
             registry.position = position;
+            registry.tag_rules = registry.tag_rules.over(tag_rules);
         }
-        let index = Index::build(registries.iter().map(|r| &r.pattern), deny.iter().map(|d| &d.pattern));
+        let index = Index::build(
+            registries.iter().map(|r| (!r.exact).then_some(&r.pattern)),
+            deny.iter().map(|d| &d.pattern),
+        );
+        let exact =
+            ExactRepositories::build(registries.iter().filter(|r| r.exact).map(|r| (r.position, &r.pattern)));
         let uses_namespace_labels = registries.iter().any(|r| r.namespace_selector.is_some());
+        let uses_tag_rules = registries.iter().any(|r| r.tag_rules.is_set());
         Policy {
             mode,
             short_name_host,
             exempt_namespaces,
             registries,
             deny,
+            tag_rules,
             warnings: Vec::new(),
             index,
+            exact,
             uses_namespace_labels,
+            uses_tag_rules,
         }
     }
 
@@ -272,13 +335,16 @@ impl Policy {
         if let Some(rule) = matches.deny.or_else(|| self.short_name_deny(image, path)) {
             return Decision::Denied(Denial::DenyListed(&self.deny[rule]));
         }
-        match matches.allow {
+        let exact = if self.exact.is_empty() { None } else { self.exact.lookup(host, path) };
+        match exact.or(matches.allow) {
             Some(entry) => {
                 let registry = &self.registries[entry];
-                if registry.admits_namespace(namespace) {
-                    Decision::Allowed(registry)
-                } else {
-                    Decision::Denied(Denial::NamespaceNotAllowed(registry))
+                if !registry.admits_namespace(namespace) {
+                    return Decision::Denied(Denial::NamespaceNotAllowed(registry));
+                }
+                match self.uses_tag_rules.then(|| registry.tag_rules.broken_by(image)).flatten() {
+                    Some(rule) => Decision::Denied(Denial::TagRule(registry, rule)),
+                    None => Decision::Allowed(registry),
                 }
             }
             None => Decision::Denied(Denial::Unregistered),
@@ -345,6 +411,18 @@ impl Policy {
                 Some(reason) => format!("{name} is denied by policy ({}): {reason}", rule.url),
                 None => format!("{name} is denied by policy ({})", rule.url),
             },
+            Denial::TagRule(registry, TagRule::DenyLatest) => format!(
+                "{} pulls the moving tag latest (no tag pulls latest too), which registry {:?} ({}) refuses; name a version tag or pin a digest",
+                reference.map(|r| r.to_string()).unwrap_or_default(),
+                registry.name,
+                registry.url
+            ),
+            Denial::TagRule(registry, TagRule::RequireDigest) => format!(
+                "{} is not pinned by a digest, which registry {:?} ({}) requires; add @sha256:<digest>",
+                reference.map(|r| r.to_string()).unwrap_or_default(),
+                registry.name,
+                registry.url
+            ),
         }
     }
 

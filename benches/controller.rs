@@ -239,6 +239,8 @@ impl Controller {
             .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
             .args(["--resync-seconds", &resync.to_string()])
             .args(["--writes-per-second", &rate.to_string()])
+            // The sync alone: the audit has its own bench (benches/audit.rs).
+            .args(["--audit-interval-seconds", "0"])
             .args(["--log-format", "json"])
             .env_remove("KUBECONFIG")
             .stdin(Stdio::null())

@@ -104,6 +104,12 @@ pub fn check_image(policy: &Policy, image: &str, namespace: &Namespace<'_>) -> I
             report.registry = Some(registry.name.clone());
             report.pull_secret = registry.pull_secret.clone();
         }
+        Decision::Excepted(exception, registry) => {
+            report.decision = "allowed";
+            report.registry = registry.map(|r| r.name.clone());
+            report.pull_secret = registry.and_then(|r| r.pull_secret.clone());
+            report.reason = Some(crate::admission::exception_note(exception));
+        }
         Decision::Denied(denial) => {
             report.reason = Some(policy.denial_message(reference.as_ref(), denial, namespace));
         }

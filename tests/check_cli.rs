@@ -229,3 +229,38 @@ fn show_patch_refuses_the_json_array() {
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("use -o json-report"), "{}", stderr(&output));
 }
+
+#[test]
+fn an_exception_admits_in_its_namespace_until_its_date_and_the_webhook_says_so() {
+    let image = "quay.io/legacy-vendor/agent:4.2";
+    let inside = registry_gate(&["check", "-p", POLICY, "--namespace", "monitoring", "-o", "json", image]);
+    assert_eq!(inside.status.code(), Some(0), "{}", stderr(&inside));
+    let report: serde_json::Value = serde_json::from_slice(&inside.stdout).expect("JSON");
+    assert_eq!(report[0]["decision"], "allowed");
+    let reason = report[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("admitted by an exception") && reason.contains("until 2099-12-31 (UTC): OPS-1234"),
+        "{reason}"
+    );
+    let outside = registry_gate(&["check", "-p", POLICY, "--namespace", "shop", image]);
+    assert_eq!(outside.status.code(), Some(1), "{}", stdout(&outside));
+
+    // The validating webhook admits the Pod and tells whoever creates it, with the ticket.
+    let store = PolicyStore::new(Metrics::new());
+    store.install(Policy::parse(&std::fs::read_to_string(POLICY).expect("policy")).expect("valid"), "test");
+    let snapshot = store.current().expect("installed");
+    let body = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "1", "kind": {"group": "", "version": "v1", "kind": "Pod"}, "namespace": "monitoring",
+                    "name": "agent", "operation": "CREATE",
+                    "object": {"metadata": {"name": "agent", "namespace": "monitoring"},
+                               "spec": {"containers": [{"name": "a", "image": image}]}}}
+    })
+    .to_string();
+    let request = Request::parse(body.as_bytes()).expect("a review");
+    let answer = admission::answer(Webhook::Validate, request, &snapshot, None);
+    let review: serde_json::Value = serde_json::from_slice(&answer.response.to_review_json()).expect("JSON");
+    assert_eq!(review["response"]["allowed"], true, "{review}");
+    let warning = review["response"]["warnings"][0].as_str().unwrap_or_default();
+    assert!(warning.starts_with("registry-gate: spec.containers[0].image \"quay.io/legacy-vendor/agent:4.2\": admitted by an exception"), "{warning}");
+}

@@ -193,7 +193,8 @@ fn matcher(policy: &Policy, deny: &[String], image: &str, namespace: &str) -> Ve
         }
         Decision::Denied(Denial::Unregistered) => Verdict::Unregistered,
         Decision::Denied(Denial::InvalidReference(e)) => panic!("{image}: {e}"),
-        // The model's policies set no tag rules.
+        // The model's policies set no tag rules and no exceptions.
+        Decision::Excepted(exception, _) => panic!("{image}: excepted by {}", exception.reason),
         Decision::Denied(Denial::TagRule(registry, rule)) => panic!("{image}: {rule:?} of {}", registry.name),
     }
 }

@@ -337,3 +337,26 @@ fn stricter_tag_rules_and_exact_matches_narrow() {
     let text = stdout(&registry_gate(dir.path(), &["policy", "diff", "prefix.yaml", "exact.yaml"]));
     assert!(text.contains("narrows  registry ghcr (registries[0].match): match becomes exact"), "{text}");
 }
+
+#[test]
+fn exceptions_added_extended_and_removed_are_listed() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let exception = |image: &str, expires: &str| {
+        format!("exceptions:\n  - {{image: '{image}', expires: '{expires}', reason: OPS-9}}\n")
+    };
+    write(dir.path(), "old.yaml", &(policy(GHCR, "") + &exception("quay.io/x/a:1", "2999-01-01")));
+    write(dir.path(), "longer.yaml", &(policy(GHCR, "") + &exception("quay.io/x/a:1", "2999-06-01")));
+    write(dir.path(), "other.yaml", &(policy(GHCR, "") + &exception("quay.io/x/b:1", "2999-01-01")));
+    let text = stdout(&registry_gate(dir.path(), &["policy", "diff", "old.yaml", "longer.yaml"]));
+    assert!(
+        text.contains(
+            "allows   exception image quay.io/x/a:1 (exceptions[0]): extended from 2999-01-01 to 2999-06-01"
+        ),
+        "{text}"
+    );
+    let output = registry_gate(dir.path(), &["policy", "diff", "old.yaml", "other.yaml"]);
+    let text = stdout(&output);
+    assert!(text.contains("admits image quay.io/x/b:1 until 2999-01-01 (OPS-9)"), "{text}");
+    assert!(text.contains("denies   exception image quay.io/x/a:1 (exceptions[0]): removed"), "{text}");
+    assert_eq!(output.status.code(), Some(1), "a removed exception denies again");
+}

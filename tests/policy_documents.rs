@@ -147,6 +147,7 @@ fn decision(policy: &Policy, image: &str) -> String {
         Decision::Allowed(registry) => format!("allowed by {}", registry.name),
         Decision::Denied(Denial::DenyListed(rule)) => format!("denied by {}", rule.url),
         Decision::Denied(other) => format!("denied: {other:?}"),
+        Decision::Excepted(exception, _) => format!("excepted ({})", exception.reason),
     }
 }
 
@@ -259,6 +260,7 @@ fn a_namespace_selector_scopes_a_registry_by_labels_and_names() {
         match decision {
             Decision::Allowed(registry) => format!("allowed by {}", registry.name),
             Decision::Denied(denial) => policy.denial_message(reference.as_ref(), &denial, &namespace),
+            Decision::Excepted(exception, _) => format!("excepted ({})", exception.reason),
         }
     };
     let payments = labels(&[("team", "payments")]);
@@ -376,6 +378,7 @@ fn tag_rules_refuse_moving_tags_and_unpinned_images_per_registry_or_policy_wide(
         match decision {
             Decision::Allowed(registry) => format!("allowed by {}", registry.name),
             Decision::Denied(denial) => policy.denial_message(reference.as_ref(), &denial, &namespace),
+            Decision::Excepted(exception, _) => format!("excepted ({})", exception.reason),
         }
     };
     assert_eq!(decide("nginx:1.27"), "allowed by hub");
@@ -401,5 +404,100 @@ fn tag_rules_refuse_moving_tags_and_unpinned_images_per_registry_or_policy_wide(
     ] {
         let error = policy_with(body).expect_err("refused");
         assert!(error.to_string().contains(want), "{body}: {error}");
+    }
+}
+
+const EXCEPTIONS: &str = "registries:
+  - {name: hub, type: Public, url: docker.io/library}
+  - {name: prod, type: GHCR, url: ghcr.io/acme/prod, pullSecret: ghcr-prod, tagRules: {requireDigest: true}}
+deny:
+  - {url: docker.io/library/busybox}
+exceptions:
+  - {image: 'quay.io/vendor/legacy:1.2', namespaces: [shop], expires: '2999-12-31', reason: OPS-1 vendor migration}
+  - {repository: docker.io/library/busybox, expires: '2999-12-31', reason: OPS-2 debugging}
+  - {namespaces: ['migrating-*'], expires: '2999-12-31', reason: OPS-3 onboarding}
+  - {repository: ghcr.io/acme/prod/api, expires: '2999-12-31', reason: OPS-4 pinning soon}
+  - {repository: quay.io/vendor/old, expires: '2001-01-01', reason: OPS-0 long gone}
+";
+
+#[test]
+fn exceptions_admit_until_their_date_and_say_so() {
+    let policy = policy_with(EXCEPTIONS).expect("valid");
+    let decide = |image: &str, namespace: &str| {
+        let namespace = Namespace::named(namespace);
+        let (reference, decision) = policy.check(image, &namespace);
+        match decision {
+            Decision::Allowed(registry) => format!("allowed by {}", registry.name),
+            Decision::Excepted(exception, registry) => {
+                format!(
+                    "excepted ({}) secret {:?}",
+                    exception.reason,
+                    registry.and_then(|r| r.pull_secret.clone())
+                )
+            }
+            Decision::Denied(denial) => policy.denial_message(reference.as_ref(), &denial, &namespace),
+        }
+    };
+    // One image, in its namespaces only, written in any spelling of the same reference.
+    assert_eq!(decide("quay.io/vendor/legacy:1.2", "shop"), "excepted (OPS-1 vendor migration) secret None");
+    assert!(decide("quay.io/vendor/legacy:1.3", "shop").contains("not in any registered registry"));
+    assert!(decide("quay.io/vendor/legacy:1.2", "blog").contains("not in any registered registry"));
+    // A repository, every tag, over a deny rule, short names included.
+    assert_eq!(decide("busybox:1.36", "blog"), "excepted (OPS-2 debugging) secret None");
+    assert_eq!(decide("docker.io/library/busybox", "blog"), "excepted (OPS-2 debugging) secret None");
+    // Namespaces: every image there.
+    assert_eq!(decide("evil.example/x:1", "migrating-crm"), "excepted (OPS-3 onboarding) secret None");
+    // A tag rule excepted keeps the registry's pull secret, or the Pod could not pull.
+    assert_eq!(
+        decide("ghcr.io/acme/prod/api:2", "shop"),
+        "excepted (OPS-4 pinning soon) secret Some(\"ghcr-prod\")"
+    );
+    assert!(decide("ghcr.io/acme/prod/web:2", "shop").contains("not pinned by a digest"));
+    // Expired: denied again, and the denial says why.
+    let expired = decide("quay.io/vendor/old:3", "shop");
+    assert!(expired.contains("not in any registered registry"), "{expired}");
+    assert!(expired.contains("(an exception for it expired after 2001-01-01: OPS-0 long gone)"), "{expired}");
+    // Loading warns about the expired one, with its line.
+    let warning = policy.warnings.iter().find(|w| w.field == "exceptions[4].expires").expect("a warning");
+    assert!(warning.message.contains("2001-01-01 has passed"), "{warning}");
+    assert_eq!(warning.line, Some(13));
+    // Adding an exception is a weakening the door reports.
+    let before =
+        policy_with("registries:\n  - {name: hub, type: Public, url: docker.io/library}\n").expect("valid");
+    let weakened = before.weakenings(&policy).join("; ");
+    assert!(weakened.contains("admits image quay.io/vendor/legacy:1.2 in namespaces shop by exception until 2999-12-31 (OPS-1 vendor migration)"), "{weakened}");
+    assert!(weakened.contains("admits every image in namespaces migrating-* by exception"), "{weakened}");
+}
+
+#[test]
+fn a_broken_exception_is_refused_with_its_field_path() {
+    for (exception, want) in [
+        ("{image: 'x:1', expires: '2999-01-01'}", "exceptions[0].reason: is required"),
+        ("{image: 'x:1', reason: r}", "exceptions[0].expires: is required"),
+        (
+            "{image: 'x:1', expires: '31/12/2999', reason: r}",
+            "exceptions[0].expires: \"31/12/2999\" is not a date as YYYY-MM-DD",
+        ),
+        ("{image: 'x:1', expires: '2999-02-30', reason: r}", "is not a calendar date"),
+        ("{expires: '2999-01-01', reason: r}", "exceptions[0]: admits nothing"),
+        (
+            "{image: 'x:1', repository: quay.io/x, expires: '2999-01-01', reason: r}",
+            "names both an image and a repository",
+        ),
+        ("{repository: '*.corp.example/x', expires: '2999-01-01', reason: r}", "must name one repository"),
+        ("{namespaces: ['*'], expires: '2999-01-01', reason: r}", "matches every namespace"),
+        (
+            "{image: 'acme/App:1', expires: '2999-01-01', reason: r}",
+            "exceptions[0].image: \"acme/App:1\" is not an image reference",
+        ),
+        ("{image: 'x:1', expires: '2999-01-01', reason: '  '}", "exceptions[0].reason: is empty"),
+        (
+            "{image: 'x:1', expires: '2999-01-01', reason: r, ticket: 1}",
+            "exceptions[0].ticket: is not a known field",
+        ),
+    ] {
+        let error =
+            policy_with(&format!("registries: []\nexceptions:\n  - {exception}\n")).expect_err(exception);
+        assert!(error.to_string().contains(want), "{exception}: {error}");
     }
 }

@@ -202,6 +202,7 @@ fn validate(
     // Images the object already had were admitted before; see the module notes on UPDATE.
     let previous = previous_images(old_spec, request.operation(), kind);
     let mut problems = Vec::new();
+    let mut excepted = Vec::new();
     let mut denied = 0usize;
     for (location, image) in spec.images(kind.spec_path()) {
         if previous.as_ref().is_some_and(|seen| seen.binary_search(&image).is_ok()) {
@@ -210,6 +211,19 @@ fn validate(
         let (reference, decision) = policy.check(image, &namespace);
         match &decision {
             Decision::Allowed(registry) => snapshot.counters.allowed(label(registry)),
+            Decision::Excepted(exception, registry) => {
+                if let Some(registry) = registry {
+                    snapshot.counters.allowed(label(registry));
+                }
+                // The person deploying sees that an exception, with an end, let the image in.
+                if excepted.len() < LISTED_PROBLEMS {
+                    excepted.push(format!(
+                        "registry-gate: {location} {:?}: {}",
+                        clip(image),
+                        exception_note(exception)
+                    ));
+                }
+            }
             Decision::Denied(denial) => {
                 count_denial(snapshot, denial);
                 denied += 1;
@@ -223,7 +237,9 @@ fn validate(
         }
     }
     let Some(first) = problems.first() else {
-        return Answer { response: Response::allow(request.uid()), outcome: Outcome::Allowed };
+        let mut response = Response::allow(request.uid());
+        response.warnings = excepted;
+        return Answer { response, outcome: Outcome::Allowed };
     };
     let unlisted = denied - problems.len();
     if let Some(permit) = audit::AUDIT_LINES.permit() {
@@ -258,6 +274,7 @@ fn validate(
             .iter()
             .map(|p| format!("registry-gate (audit mode) would deny: {p}"))
             .chain(more.map(|more| format!("registry-gate (audit mode) would deny {more}")))
+            .chain(excepted)
             .collect();
         return Answer { response, outcome: Outcome::Audited };
     }
@@ -273,6 +290,16 @@ fn validate(
         listed.join("\n- ")
     );
     Answer { response: Response::deny(request.uid(), message), outcome: Outcome::Denied }
+}
+
+/// What an image admitted by an exception is told: which exception, why, and until when.
+pub fn exception_note(exception: &crate::policy::Exception) -> String {
+    format!(
+        "admitted by an exception for {} until {} (UTC): {}",
+        exception.describe(),
+        exception.expires,
+        exception.reason
+    )
 }
 
 /// How the metrics name a policy entry.
@@ -350,7 +377,9 @@ pub fn missing_pull_secrets<'p>(
     let mut missing = Vec::new();
     for (_, image) in spec.images(WorkloadKind::Pod.spec_path()) {
         let Ok(reference) = Reference::parse(image) else { continue };
-        if let Decision::Allowed(registry) = policy.decide(&reference, namespace) {
+        if let Decision::Allowed(registry) | Decision::Excepted(_, Some(registry)) =
+            policy.decide(&reference, namespace)
+        {
             if let Some(secret) = registry.pull_secret.as_deref() {
                 if !existing.contains(secret) && added.insert(secret) {
                     missing.push((secret, registry));

@@ -117,6 +117,44 @@ fn compare_settings(old: &Policy, new: &Policy, changes: &mut Vec<Change>) {
             ));
         }
     }
+    // Exceptions are compared by what they admit and until when; a new or extended one allows,
+    // one removed or cut short denies again.
+    let key = |e: &super::Exception| e.describe();
+    for (i, exception) in new.exceptions.iter().enumerate() {
+        let field = format!("exceptions[{i}]");
+        let subject = format!("exception {}", key(exception));
+        match old.exceptions.iter().find(|o| key(o) == key(exception)) {
+            None => changes.push(Change::new(
+                Class::Allows,
+                field,
+                subject,
+                format!("admits {} until {} ({})", key(exception), exception.expires, exception.reason),
+            )),
+            Some(before) if exception.expires_at > before.expires_at => changes.push(Change::new(
+                Class::Allows,
+                field,
+                subject,
+                format!("extended from {} to {}", before.expires, exception.expires),
+            )),
+            Some(before) if exception.expires_at < before.expires_at => changes.push(Change::new(
+                Class::Denies,
+                field,
+                subject,
+                format!("cut short from {} to {}", before.expires, exception.expires),
+            )),
+            Some(_) => {}
+        }
+    }
+    for (i, exception) in old.exceptions.iter().enumerate() {
+        if !new.exceptions.iter().any(|n| key(n) == key(exception)) {
+            changes.push(Change::new(
+                Class::Denies,
+                format!("exceptions[{i}]"),
+                format!("exception {}", key(exception)),
+                format!("removed: {} is refused again where the rules refuse it", key(exception)),
+            ));
+        }
+    }
     let (old_short, new_short) = (old.short_name_host.key(), new.short_name_host.key());
     if old_short != new_short {
         changes.push(Change::new(

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::pattern::RegistryPattern;
 use super::registry_type::RegistryType;
 use super::selector::{NamespaceSelector, Requirement, label_key_problem, label_value_problem};
-use super::{DenyRule, Mode, NamespacePattern, Policy, Registry, TagRules};
+use super::{DenyRule, Exception, ExceptionSubject, Mode, NamespacePattern, Policy, Registry, TagRules};
 use crate::yaml::{self, Node, Value};
 
 pub const API_VERSION: &str = "registry-gate.io/v1";
@@ -259,6 +259,7 @@ const POLICY_FIELDS: &[&str] = &[
     "tagRules",
     "registries",
     "deny",
+    "exceptions",
 ];
 const REGISTRY_FIELDS: &[&str] = &[
     "name",
@@ -273,6 +274,7 @@ const REGISTRY_FIELDS: &[&str] = &[
     "description",
 ];
 const TAG_RULE_FIELDS: &[&str] = &["denyLatest", "requireDigest"];
+const EXCEPTION_FIELDS: &[&str] = &["image", "repository", "namespaces", "expires", "reason"];
 const SELECTOR_FIELDS: &[&str] = &["matchLabels", "matchExpressions"];
 const REQUIREMENT_FIELDS: &[&str] = &["key", "operator", "values"];
 const DENY_FIELDS: &[&str] = &["url", "reason"];
@@ -351,7 +353,21 @@ fn decode_policy(root: &Node, problems: &mut Problems) -> Option<Policy> {
         None => Vec::new(),
     };
 
-    Some(Policy::assemble(mode, short_name_registry?.host, exempt_namespaces, registries, deny, tag_rules))
+    let exceptions = match fields.list("exceptions", problems) {
+        Some((items, _)) => {
+            items.iter().enumerate().filter_map(|(i, item)| decode_exception(item, i, problems)).collect()
+        }
+        None => Vec::new(),
+    };
+    Some(Policy::assemble(
+        mode,
+        short_name_registry?.host,
+        exempt_namespaces,
+        registries,
+        deny,
+        tag_rules,
+        exceptions,
+    ))
 }
 
 fn decode_registry(node: &Node, index: usize, problems: &mut Problems) -> Option<Registry> {
@@ -663,6 +679,109 @@ fn decode_deny(node: &Node, index: usize, problems: &mut Problems) -> Option<Den
             None
         }
     }
+}
+
+/// An exception: exactly one of `image` and `repository`, or neither with `namespaces` (every
+/// image there); always `expires` and `reason`. An expired one is kept (it explains denials) and
+/// warned about.
+fn decode_exception(node: &Node, index: usize, problems: &mut Problems) -> Option<Exception> {
+    let path = format!("exceptions[{index}]");
+    let fields = Fields::of(node, &path, EXCEPTION_FIELDS, problems)?;
+    let image = fields
+        .string("image", problems)
+        .map(|text| (text, fields.get("image").map_or(fields.line, |n| n.line)));
+    let repository = fields
+        .string("repository", problems)
+        .map(|text| (text, fields.get("repository").map_or(fields.line, |n| n.line)));
+    let namespaces = fields.namespace_patterns("namespaces", problems).map(|(patterns, line)| {
+        if patterns.is_empty() {
+            problems.add(
+                &fields.field_path("namespaces"),
+                line,
+                "is empty, which admits nothing; name the namespaces",
+            );
+        }
+        patterns
+    });
+    let subject = match (image, repository) {
+        (Some(_), Some((_, line))) => {
+            problems.add(&path, line, "names both an image and a repository; give one");
+            None
+        }
+        (Some((text, line)), None) => match crate::image::Reference::parse(text) {
+            Ok(reference) => Some(ExceptionSubject::Image(reference.to_string())),
+            Err(e) => {
+                problems.add(
+                    &fields.field_path("image"),
+                    line,
+                    format!("{text:?} is not an image reference: {e}"),
+                );
+                None
+            }
+        },
+        (None, Some((text, line))) => match RegistryPattern::parse(text) {
+            Ok(pattern) if !pattern.host.is_wildcard() && !pattern.path.is_empty() => {
+                Some(ExceptionSubject::Repository {
+                    host: pattern.host.key().to_owned(),
+                    path: pattern.path.to_string(),
+                })
+            }
+            Ok(_) => {
+                problems.add(
+                    &fields.field_path("repository"),
+                    line,
+                    format!("{text:?} must name one repository: a host without wildcard and a path"),
+                );
+                None
+            }
+            Err(e) => {
+                problems.add(&fields.field_path("repository"), line, format!("{text:?} {e}"));
+                None
+            }
+        },
+        (None, None) if namespaces.is_some() => Some(ExceptionSubject::Namespaces),
+        (None, None) => {
+            problems.add(
+                &path,
+                node.line,
+                "admits nothing: give an image, a repository, or namespaces (every image there)",
+            );
+            None
+        }
+    };
+    let expires =
+        fields.required_string("expires", problems).and_then(
+            |(text, line)| match super::exception::end_of_day(text) {
+                Ok(at) => Some((text, at, line)),
+                Err(e) => {
+                    problems.add(&fields.field_path("expires"), line, e);
+                    None
+                }
+            },
+        );
+    let reason = fields.required_string("reason", problems).and_then(|(text, line)| {
+        if text.trim().is_empty() {
+            problems.add(&fields.field_path("reason"), line, "is empty; say why (a ticket, an owner)");
+            return None;
+        }
+        Some(text)
+    });
+    let (expires, expires_at, expires_line) = expires?;
+    if super::exception::now() >= expires_at {
+        problems.warn(
+            &fields.field_path("expires"),
+            expires_line,
+            format!("{expires} has passed: the exception admits nothing any more; remove it or extend it"),
+        );
+    }
+    Some(Exception {
+        subject: subject?,
+        namespaces,
+        expires: expires.to_owned(),
+        expires_at,
+        reason: reason?.to_owned(),
+        line: node.line,
+    })
 }
 
 /// Names label metrics and URLs decide which entry's secret is injected: neither may repeat.

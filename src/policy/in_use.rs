@@ -117,7 +117,7 @@ pub fn newly_refused<'i, 'l>(
         let (reference, decision) = new.check(&in_use.image, &namespace);
         let reason = match decision {
             Decision::Denied(denial) => new.denial_message(reference.as_ref(), &denial, &namespace),
-            Decision::Allowed(_) => String::new(),
+            Decision::Allowed(_) | Decision::Excepted(..) => String::new(),
         };
         refused.push(Refused { in_use, reason });
     }

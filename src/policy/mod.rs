@@ -5,6 +5,7 @@
 
 pub mod diff;
 mod document;
+mod exception;
 pub mod in_use;
 mod matcher;
 mod pattern;
@@ -19,6 +20,7 @@ use wildmatch::WildMatch;
 
 use crate::image::{ParseError, Reference};
 pub use document::{API_VERSION, KIND, PolicyError, Problem, is_dns_label, is_dns_subdomain};
+pub use exception::{Exception, ExceptionSubject};
 use matcher::{ExactRepositories, Index, PATH_BUF_LEN, join_path};
 use pattern::{HOST_BUF_LEN, canonical_host, is_canonical_host};
 pub use pattern::{HostPattern, RegistryPattern};
@@ -184,6 +186,8 @@ pub struct Policy {
     pub deny: Vec<DenyRule>,
     /// Tag rules for every entry that does not set its own.
     pub tag_rules: TagRules,
+    /// Images admitted despite the rules, each until a date.
+    pub exceptions: Vec<Exception>,
     /// What is allowed but probably not meant (a wildcard entry with a pull secret): shown by
     /// `policy validate`, at the door, and in the log when the policy loads.
     pub warnings: Vec<Problem>,
@@ -201,6 +205,9 @@ pub enum Decision<'p> {
     /// The most specific matching entry, whose pull secret belongs on the Pod.
     Allowed(&'p Registry),
     Denied(Denial<'p>),
+    /// Refused by the rules, admitted by an exception that has not expired; with the entry
+    /// whose pull secret the Pod still gets, if any ([`exception::registry_for`]).
+    Excepted(&'p Exception, Option<&'p Registry>),
 }
 
 /// Why an image was denied.
@@ -243,6 +250,7 @@ impl Policy {
         mut registries: Vec<Registry>,
         deny: Vec<DenyRule>,
         tag_rules: TagRules,
+        exceptions: Vec<Exception>,
     ) -> Self {
         for (position, registry) in registries.iter_mut().enumerate() {
             registry.position = position;
@@ -263,6 +271,7 @@ impl Policy {
             registries,
             deny,
             tag_rules,
+            exceptions,
             warnings: Vec::new(),
             index,
             exact,
@@ -290,6 +299,21 @@ impl Policy {
                 found.push(format!("exempts namespaces matching {:?} from every check", pattern.text));
             }
         }
+        for exception in &newer.exceptions {
+            let known = self.exceptions.iter().any(|old| {
+                old.subject == exception.subject
+                    && old.expires_at >= exception.expires_at
+                    && old.describe() == exception.describe()
+            });
+            if !known {
+                found.push(format!(
+                    "admits {} by exception until {} ({})",
+                    exception.describe(),
+                    exception.expires,
+                    exception.reason
+                ));
+            }
+        }
         for rule in &self.deny {
             if !newer.deny.iter().any(|new| new.pattern == rule.pattern) {
                 found.push(format!("removes the deny rule {}", rule.pattern));
@@ -307,6 +331,27 @@ impl Policy {
     /// most specific entry decides, including its namespace scope, so that a narrow entry
     /// scoped to some namespaces keeps the others out of that part of the registry.
     pub fn decide<'p>(&'p self, image: &Reference<'_>, namespace: &Namespace<'_>) -> Decision<'p> {
+        let decision = self.decide_by_rules(image, namespace);
+        match decision {
+            Decision::Denied(denial) if !self.exceptions.is_empty() => {
+                match self.exception_for(image, namespace.name, exception::now()) {
+                    Some(exception) => Decision::Excepted(exception, exception::registry_for(&denial)),
+                    None => Decision::Denied(denial),
+                }
+            }
+            decision => decision,
+        }
+    }
+
+    /// The first exception in force that covers the image in the namespace.
+    fn exception_for(&self, image: &Reference<'_>, namespace: &str, now: i64) -> Option<&Exception> {
+        self.exceptions
+            .iter()
+            .find(|e| !e.is_expired(now) && e.covers(image, self.short_name_host.key(), namespace))
+    }
+
+    /// The decision of the registries, deny rules and tag rules alone.
+    fn decide_by_rules<'p>(&'p self, image: &Reference<'_>, namespace: &Namespace<'_>) -> Decision<'p> {
         let domain = if image.is_short_name() { self.short_name_host.key() } else { image.domain() };
         // The buffers are initialised only on the paths that need them: zeroing them on every
         // decision was a tenth of its cost.
@@ -381,6 +426,25 @@ impl Policy {
 
     /// The message a denied user reads: what is wrong, and what would be allowed.
     pub fn denial_message(
+        &self,
+        reference: Option<&Reference<'_>>,
+        denial: &Denial<'_>,
+        namespace: &Namespace<'_>,
+    ) -> String {
+        let message = self.rule_message(reference, denial, namespace);
+        let expired = reference.and_then(|image| {
+            let now = exception::now();
+            self.exceptions
+                .iter()
+                .find(|e| e.is_expired(now) && e.covers(image, self.short_name_host.key(), namespace.name))
+        });
+        match expired {
+            Some(e) => format!("{message} (an exception for it expired after {}: {})", e.expires, e.reason),
+            None => message,
+        }
+    }
+
+    fn rule_message(
         &self,
         reference: Option<&Reference<'_>>,
         denial: &Denial<'_>,

@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace as KubeNamespace};
 use kube::Api;
 use kube::api::ListParams;
 use registry_gate::policy::diff::{self, Change, ImageChange};
+use registry_gate::policy::import::{self as policy_import, Peer};
 use registry_gate::policy::in_use::{
     AUDIT_CONFIGMAP, INVENTORY_KEY, Impact, Inventory, Refused, newly_refused,
 };
@@ -29,6 +30,22 @@ pub enum PolicyCommand {
     /// Exit code 0: nothing breaks; 1: something is removed, narrowed or denied (with -f: an
     /// image of the manifests breaks); 2: unreadable or invalid input.
     Diff(DiffArgs),
+    /// Convert Gatekeeper K8sAllowedRepos constraints or Kyverno image-registry policies into a
+    /// registry-gate policy (stdout), with a note on stderr for each meaning that changes or
+    /// could not be carried over (docs/migrating.md). Exit 0: converted; 2: nothing to convert.
+    Import {
+        /// The peer the file comes from.
+        #[arg(long, value_enum)]
+        from: ImportFrom,
+        /// Multi-document YAML or JSON (`-` reads standard input).
+        file: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ImportFrom {
+    Gatekeeper,
+    Kyverno,
 }
 
 #[derive(clap::Args)]
@@ -70,7 +87,23 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
     match command {
         PolicyCommand::Validate { file } => validate(&file),
         PolicyCommand::Diff(args) => diff(&args),
+        PolicyCommand::Import { from, file } => import(from, &file),
     }
+}
+
+fn import(from: ImportFrom, path: &Path) -> anyhow::Result<ExitCode> {
+    let peer = match from {
+        ImportFrom::Gatekeeper => Peer::Gatekeeper,
+        ImportFrom::Kyverno => Peer::Kyverno,
+    };
+    let text = read(path)?;
+    let imported =
+        policy_import::import(peer, &text).with_context(|| format!("cannot import {}", path.display()))?;
+    print!("{}", imported.policy);
+    for note in &imported.notes {
+        eprintln!("note: {note}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A policy file, parsed and validated.

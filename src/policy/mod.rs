@@ -6,6 +6,7 @@
 pub mod diff;
 mod document;
 mod exception;
+pub mod import;
 pub mod in_use;
 mod matcher;
 mod pattern;

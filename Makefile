@@ -17,13 +17,22 @@ run:
 # against a real kube-apiserver + etcd (built once from the Go module proxy into
 # ~/.cache/registry-gate, about 13 minutes cold; seconds when cached), and the manifests
 # installed into that API server (manifests/validate.sh).
-test: controlplane moto
+test: controlplane moto registry
 	REGISTRY_GATE_CONTROLPLANE_BIN="$$(tests/controlplane/build.sh | tail -n 1)" \
 		$(CARGO) test --locked --lib --bins --tests
 	manifests/validate.sh
 
 controlplane:
 	tests/controlplane/build.sh
+
+.PHONY: registry
+
+# Debian's docker-registry (distribution 2.8), the real registry tests/registry_test.rs starts on
+# free loopback ports. The package's own service (on :5000) is stopped and disabled.
+registry:
+	command -v docker-registry >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry && \
+		{ systemctl disable --now docker-registry >/dev/null 2>&1 || service docker-registry stop >/dev/null 2>&1 || true; }; }
 
 # moto's server mode: the AWS API emulator the ECR tests (tests/ecr_moto.rs) run against.
 moto:

@@ -17,6 +17,8 @@
 //! - [`credentials`]: what a registry's source pull Secret must hold, checked before it is copied.
 //! - [`certs`]: development certificates for `serve` and for tests.
 //! - [`check`]: the same decision offline, for CI pipelines (`registry-gate check`).
+//! - [`registry_test`]: the Docker Registry v2 handshake behind `registry-gate registry test`, stage
+//!   by stage (DNS, TCP, TLS, /v2/, challenge, token, credentials, permission).
 //! - [`watch`]: how every watch on the API server retries when it is away.
 //! - [`yaml`]: YAML trees that remember lines, so policy errors can point at them.
 
@@ -29,6 +31,7 @@ pub mod image;
 pub mod metrics;
 pub mod namespaces;
 pub mod policy;
+pub mod registry_test;
 pub mod server;
 pub mod watch;
 pub mod yaml;

@@ -5,6 +5,7 @@
 //! - [`certs`]: development certificates.
 //! - [`check`]: images and manifests decided offline, for CI.
 //! - [`policy`]: `policy validate` and `policy diff`.
+//! - [`registry`]: `registry test`, the connection test of one registry, stage by stage.
 //! - [`secret`]: `secret render`, a registry's source pull Secret from credentials kept off the
 //!   command line.
 
@@ -12,6 +13,7 @@ mod certs;
 mod check;
 mod controller;
 mod policy;
+mod registry;
 mod secret;
 mod serve;
 
@@ -52,6 +54,11 @@ enum Command {
         #[command(subcommand)]
         command: policy::PolicyCommand,
     },
+    /// Registry tools: `registry test` checks the connection to a registry and its credentials.
+    Registry {
+        #[command(subcommand)]
+        command: registry::RegistryCommand,
+    },
     /// Pull-secret tools.
     Secret {
         #[command(subcommand)]
@@ -67,6 +74,7 @@ impl Cli {
             Command::Certs(args) => certs::run(args),
             Command::Check(args) => check::run(args),
             Command::Policy { command } => policy::run(command),
+            Command::Registry { command } => registry::run(command),
             Command::Secret { command } => secret::run(command),
         };
         result.unwrap_or_else(|e| {

@@ -16,8 +16,10 @@ run:
 # parser, built from the Go module proxy), CLI, HTTPS integration tests, the end-to-end suite
 # against a real kube-apiserver + etcd (built once from the Go module proxy into
 # ~/.cache/registry-gate, about 13 minutes cold; seconds when cached), and the manifests
-# installed into that API server (manifests/validate.sh).
-test: controlplane moto registry
+# installed into that API server (manifests/validate.sh). The alert rules are unit-tested with
+# promtool, and tests/prometheus.rs runs the dashboard's queries and the rules on a real Prometheus.
+test: controlplane moto prometheus registry
+	manifests/monitoring/test-rules.sh
 	REGISTRY_GATE_CONTROLPLANE_BIN="$$(tests/controlplane/build.sh | tail -n 1)" \
 		$(CARGO) test --locked --lib --bins --tests
 	manifests/validate.sh
@@ -25,7 +27,25 @@ test: controlplane moto registry
 controlplane:
 	tests/controlplane/build.sh
 
-.PHONY: registry
+.PHONY: prometheus dashboard-png registry
+
+# Prometheus and promtool, from Debian's package, when promtool is missing. The package enables a
+# service listening on :9090 (the port `make run` uses for metrics); it is stopped and disabled,
+# since the tests start a Prometheus of their own on a free port.
+prometheus:
+	python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
+	command -v promtool >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus && \
+		{ systemctl disable --now prometheus >/dev/null 2>&1 || service prometheus stop >/dev/null 2>&1 || true; }; }
+
+# docs/img/dashboard.png: the Grafana dashboard drawn from the Prometheus of tests/prometheus.rs
+# after DASHBOARD_SECONDS of load (docs/monitoring.md). Not part of `make test`.
+DASHBOARD_SECONDS ?= 300
+dashboard-png: controlplane prometheus
+	python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install --quiet matplotlib
+	REGISTRY_GATE_CONTROLPLANE_BIN="$$(tests/controlplane/build.sh | tail -n 1)" \
+	REGISTRY_GATE_DASHBOARD_PNG=docs/img/dashboard.png REGISTRY_GATE_DASHBOARD_SECONDS=$(DASHBOARD_SECONDS) \
+		$(CARGO) test --locked --test prometheus -- --nocapture
 
 # Debian's docker-registry (distribution 2.8), the real registry tests/registry_test.rs starts on
 # free loopback ports. The package's own service (on :5000) is stopped and disabled.

@@ -7,6 +7,8 @@
 //!   an edit takes effect.
 //! - `pull_secrets_are_synced` runs `registry-gate controller` and proves the pull-secret copies
 //!   (e2e/sync.rs).
+//! - `registries_are_tested_periodically` runs the controller's connection tests against a real
+//!   registry (e2e/connection.rs).
 //! - `running_workloads_are_audited` runs the controller's audit over Pods and workloads that
 //!   exist before it starts, and again after a policy change (e2e/audit.rs).
 //!
@@ -26,8 +28,14 @@ mod apiserver;
 mod audit;
 #[path = "e2e/cluster.rs"]
 mod cluster;
+#[path = "e2e/connection.rs"]
+mod connection;
 #[path = "e2e/gate.rs"]
 mod gate;
+// The real registry and test CA of tests/registry_test.rs, for the connection tests.
+#[allow(dead_code)]
+#[path = "registry/mod.rs"]
+mod registry;
 #[path = "e2e/restart.rs"]
 mod restart;
 #[path = "e2e/sync.rs"]
@@ -1036,6 +1044,18 @@ fn running_workloads_are_audited() {
     let dir = scratch("audit");
     let mut s = Scenarios::new();
     audit::workload_audit(cp, &mut s, dir.path());
+    s.finish(|| {
+        let kept = dir.keep();
+        println!("the controller's log is kept in {}", kept.display());
+    });
+}
+
+#[test]
+fn registries_are_tested_periodically() {
+    let cp = control_plane();
+    let dir = scratch("connection");
+    let mut s = Scenarios::new();
+    connection::registry_connection_tests(cp, &mut s, dir.path());
     s.finish(|| {
         let kept = dir.keep();
         println!("the controller's log is kept in {}", kept.display());

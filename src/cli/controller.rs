@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use registry_gate::controller::audit::AuditOptions;
+use registry_gate::controller::connection::ConnectionOptions;
 use registry_gate::controller::{self, ControllerOptions, SyncMetrics};
 use registry_gate::metrics::Metrics;
 use registry_gate::policy::PolicyStore;
@@ -53,6 +54,18 @@ pub struct ControllerArgs {
     /// Objects per list request of the audit: what bounds its memory.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(10..=5000))]
     audit_page_size: u32,
+    /// Seconds between connection tests of every registry (as `registry test`, with the
+    /// credentials of its source pull Secret), exported as registry_gate_registry_test_*
+    /// metrics; 0 (the default) turns them off, as they are outbound connections.
+    #[arg(long, default_value_t = 0)]
+    registry_test_interval_seconds: u64,
+    /// Each step's limit in a connection test (lookup, connection, handshake, request).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
+    registry_test_timeout_seconds: u64,
+    /// PEM file of CA certificates the connection tests trust besides Mozilla's roots (for
+    /// registries with a private CA).
+    #[arg(long)]
+    registry_test_ca_file: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
 }
@@ -108,6 +121,19 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
                 page_size: args.audit_page_size,
             };
             tasks.spawn(controller::audit::run(client.clone(), store.clone(), audit, metrics.audit()));
+        }
+        if args.registry_test_interval_seconds > 0 {
+            let extra_roots = match &args.registry_test_ca_file {
+                Some(path) => registry_gate::registry_test::read_ca_file(path).context("--registry-test-ca-file")?,
+                None => Vec::new(),
+            };
+            let connection = ConnectionOptions {
+                namespace: options.namespace.clone(),
+                interval: Duration::from_secs(args.registry_test_interval_seconds),
+                timeout: Duration::from_secs(args.registry_test_timeout_seconds),
+                extra_roots,
+            };
+            tasks.spawn(controller::connection::run(client.clone(), store.clone(), connection, metrics.connection()));
         }
         tasks.spawn(controller::run(client, store.clone(), options, metrics.clone(), ready.clone(), stopped()));
         let operations = controller::serve_operations(listener, store, metrics, ready, stopped());

@@ -21,7 +21,6 @@ use registry_gate::registry_test::{
     Credentials, Report, RepositorySource, Stage, StageStatus, Target, TestOptions, test_registry,
 };
 use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject as _;
 use serde::Serialize;
 
 use super::kube_client;
@@ -309,18 +308,7 @@ fn read_bounded(reader: impl std::io::Read, limit: u64) -> anyhow::Result<Vec<u8
 }
 
 fn read_ca_file(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let bytes = read_bounded(
-        std::fs::File::open(path).with_context(|| format!("--ca-file: cannot read {}", path.display()))?,
-        MAX_DOCKER_CONFIG_BYTES,
-    )
-    .with_context(|| format!("--ca-file: cannot read {}", path.display()))?;
-    let certificates = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("--ca-file: {} is not PEM", path.display()))?;
-    if certificates.is_empty() {
-        bail!("--ca-file: {} holds no CERTIFICATE block", path.display());
-    }
-    Ok(certificates)
+    registry_gate::registry_test::read_ca_file(path).context("--ca-file")
 }
 
 /// `10`, `10s`, `1.5s` or `500ms`.

@@ -21,6 +21,7 @@
 //! namespace.
 
 pub mod audit;
+pub mod connection;
 pub mod ecr;
 pub mod sync;
 
@@ -78,6 +79,8 @@ pub struct SyncMetrics {
     ecr: ecr::EcrMetrics,
     /// The audit's metrics (violations of running workloads).
     audit: audit::AuditMetrics,
+    /// The periodic registry connection tests' metrics.
+    connection: connection::ConnectionMetrics,
 }
 
 impl SyncMetrics {
@@ -118,12 +121,18 @@ impl SyncMetrics {
             writes,
             ecr: ecr::EcrMetrics::new(),
             audit: audit::AuditMetrics::new(),
+            connection: connection::ConnectionMetrics::new(),
         }
     }
 
     /// The ECR refresh's metrics, exported with these.
     pub fn ecr(&self) -> ecr::EcrMetrics {
         self.ecr.clone()
+    }
+
+    /// The connection tests' metrics, exported with these.
+    pub fn connection(&self) -> connection::ConnectionMetrics {
+        self.connection.clone()
     }
 
     /// The audit's metrics, exported with these.
@@ -134,7 +143,10 @@ impl SyncMetrics {
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
-        String::from_utf8(buffer).unwrap_or_default() + &self.ecr.render() + &self.audit.render()
+        String::from_utf8(buffer).unwrap_or_default()
+            + &self.ecr.render()
+            + &self.audit.render()
+            + &self.connection.render()
     }
 }
 

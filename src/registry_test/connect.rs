@@ -33,9 +33,10 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_ADDRESSES_TRIED: usize = 4;
 const AGENT: &str = concat!("registry-gate/", env!("CARGO_PKG_VERSION"), " (registry test)");
 
-/// A stream HTTP can run over: TCP, or TLS over TCP.
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+/// A stream HTTP can run over: TCP, or TLS over TCP. `Sync` too, so that a test can run on any
+/// worker thread of a multi-threaded runtime (the controller's).
+pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> Io for T {}
 
 /// Why a step failed: a short machine-readable `reason` and a message for people. Neither ever
 /// holds a credential; server-provided text appears only through [`shown`].

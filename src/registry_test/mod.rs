@@ -304,6 +304,30 @@ impl Default for TestOptions {
     }
 }
 
+/// The largest CA file read (a bundle of a few hundred certificates).
+const MAX_CA_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// CA certificates to trust besides Mozilla's roots, from a PEM file (a private registry's CA).
+pub fn read_ca_file(path: &std::path::Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    use anyhow::Context;
+    use std::io::Read;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CA_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    anyhow::ensure!(
+        bytes.len() as u64 <= MAX_CA_FILE_BYTES,
+        "{} is larger than {MAX_CA_FILE_BYTES} bytes",
+        path.display()
+    );
+    let certificates = rustls::pki_types::pem::PemObject::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<CertificateDer<'static>>, _>>()
+        .with_context(|| format!("{} is not PEM", path.display()))?;
+    anyhow::ensure!(!certificates.is_empty(), "{} holds no CERTIFICATE block", path.display());
+    Ok(certificates)
+}
+
 // === The test ===
 
 /// Runs the test. It never panics and never returns early without a report: every outcome,

@@ -56,6 +56,16 @@ pub(crate) struct ControllerProcess {
 
 impl ControllerProcess {
     pub(crate) fn start(cp: &ControlPlane, dir: &Path, policy: &Path) -> anyhow::Result<Self> {
+        Self::start_with(cp, dir, policy, &[])
+    }
+
+    /// Starts it with `extra` arguments after the usual ones.
+    pub(crate) fn start_with(
+        cp: &ControlPlane,
+        dir: &Path,
+        policy: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let log = dir.join("controller.log");
         let out = File::create(&log)?;
         let metrics_port = free_port();
@@ -67,6 +77,7 @@ impl ControllerProcess {
             .arg(&cp.kubeconfig)
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}"), "--resync-seconds", "60"])
             .args(["--log-format", "json"])
+            .args(extra)
             .env_remove("KUBECONFIG")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

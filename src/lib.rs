@@ -17,6 +17,7 @@
 //! - [`credentials`]: what a registry's source pull Secret must hold, checked before it is copied.
 //! - [`certs`]: development certificates for `serve` and for tests.
 //! - [`check`]: the same decision offline, for CI pipelines (`registry-gate check`).
+//! - [`verify`]: policy tests, expected verdicts and pull secrets kept in CI (`registry-gate test`).
 //! - [`registry_test`]: the Docker Registry v2 handshake behind `registry-gate registry test`, stage
 //!   by stage (DNS, TCP, TLS, /v2/, challenge, token, credentials, permission).
 //! - [`watch`]: how every watch on the API server retries when it is away.
@@ -33,5 +34,6 @@ pub mod namespaces;
 pub mod policy;
 pub mod registry_test;
 pub mod server;
+pub mod verify;
 pub mod watch;
 pub mod yaml;

@@ -6,6 +6,7 @@
 //! - [`check`]: images and manifests decided offline, for CI.
 //! - [`policy`]: `policy validate` and `policy diff`.
 //! - [`registry`]: `registry test`, the connection test of one registry, stage by stage.
+//! - [`test`]: `test DIR`, policy tests (expected verdicts and pull secrets) for CI.
 //! - [`secret`]: `secret render`, a registry's source pull Secret from credentials kept off the
 //!   command line.
 
@@ -16,6 +17,7 @@ mod policy;
 mod registry;
 mod secret;
 mod serve;
+mod test;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -59,6 +61,9 @@ enum Command {
         #[command(subcommand)]
         command: registry::RegistryCommand,
     },
+    /// Run the policy tests (kind PolicyTest) under a directory: expected verdicts, reasons and
+    /// injected pull secrets. Exit code 0: all pass; 1: some fail; 2: unreadable tests.
+    Test(test::TestArgs),
     /// Pull-secret tools.
     Secret {
         #[command(subcommand)]
@@ -76,6 +81,7 @@ impl Cli {
             Command::Policy { command } => policy::run(command),
             Command::Registry { command } => registry::run(command),
             Command::Secret { command } => secret::run(command),
+            Command::Test(args) => test::run(args),
         };
         result.unwrap_or_else(|e| {
             eprintln!("error: {e:#}");

@@ -158,13 +158,15 @@ check "all-options: no object, flag, selector or name refers to the namespace re
   nothing_tied_to_registry_gate_namespace
 controller_flags() {
   local got
-  got="$(grep -A8 -- '- controller$' "${A}" | sed -n 's/^ *- \(--.*\)$/\1/p')"
+  got="$(grep -A10 -- '- controller$' "${A}" | sed -n 's/^ *- \(--.*\)$/\1/p')"
   echo "${got}"
   [[ "${got}" == "--namespace=platform-gate
 --policy-configmap=platform-gate/platform-policy
 --metrics-listen=0.0.0.0:9091
 --audit-interval-seconds=0
 --audit-page-size=200
+--registry-test-interval-seconds=3600
+--registry-test-timeout-seconds=5
 --resync-seconds=1200
 --writes-per-second=20
 --log-format=text" ]]

@@ -56,6 +56,9 @@ pub struct Metrics {
     pub requests_shed_per_client: IntCounter,
     /// `registry_gate_audit_lines_suppressed_total`: audit log lines dropped by the rate limit.
     pub audit_lines_suppressed: IntCounter,
+    /// `registry_gate_tls_certificate_expiry_timestamp_seconds`: when the serving certificate in
+    /// use expires, set at every load and reload.
+    pub tls_certificate_expiry: IntGauge,
 }
 
 /// Counters of one policy's registries, each resolved on first use and then only added to.
@@ -195,8 +198,14 @@ impl Metrics {
             "Audit log lines dropped by the audit log's rate limit",
         )
         .expect("static");
+        let tls_certificate_expiry = IntGauge::new(
+            "registry_gate_tls_certificate_expiry_timestamp_seconds",
+            "When the serving certificate in use expires (Unix time)",
+        )
+        .expect("static");
         for collector in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tls_certificate_expiry.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.clone()),
             Box::new(image_decisions.clone()),
             Box::new(injections.clone()),
             Box::new(duration.clone()),
@@ -227,6 +236,7 @@ impl Metrics {
             requests_shed,
             requests_shed_per_client,
             audit_lines_suppressed,
+            tls_certificate_expiry,
         }
     }
 

@@ -110,6 +110,22 @@ impl TestServer {
     }
 }
 
+/// `registry_gate_tls_certificate_expiry_timestamp_seconds` from a scrape.
+fn certificate_expiry(metrics: &str) -> Option<i64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("registry_gate_tls_certificate_expiry_timestamp_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The notAfter of the first certificate of a PEM file, in Unix time.
+fn not_after(path: &Path) -> i64 {
+    let pem = std::fs::read(path).expect("certificate file");
+    let (_, block) = x509_parser::pem::parse_x509_pem(&pem).expect("PEM");
+    let certificate = block.parse_x509().expect("X.509");
+    certificate.validity().not_after.timestamp()
+}
+
 fn write_certificates(dir: &Path) -> CertificateFiles {
     let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
     registry_gate::certs::generate(&names).expect("certificates").write(dir).expect("written")
@@ -480,6 +496,14 @@ async fn workloads_are_never_mutated() {
 #[tokio::test]
 async fn a_rotated_certificate_is_served_to_new_connections_while_old_ones_keep_working() {
     let server = TestServer::start(POLICY).await;
+    let (_, metrics) = server.operations("/metrics").await;
+    let first = not_after(&server.dir.path().join("tls.crt"));
+    assert_eq!(certificate_expiry(&metrics), Some(first), "{metrics}");
+    assert!(
+        first
+            > std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs()
+                as i64
+    );
     let body = serde_json::to_vec(&review("Pod", "CREATE", &object("pod"), None)).expect("JSON");
     let mut kept = server.client().await;
     assert_eq!(kept.post("/validate", body.clone()).await.0, 200);
@@ -502,6 +526,13 @@ async fn a_rotated_certificate_is_served_to_new_connections_while_old_ones_keep_
     }
     let mut fresh = fresh.expect("the new certificate is served within two seconds");
     assert_ne!(fresh.peer_certificate, old_certificate);
+    // The expiry gauge follows the certificate in use (it is what the near-expiry alert reads).
+    let (_, metrics) = server.operations("/metrics").await;
+    assert_eq!(
+        certificate_expiry(&metrics),
+        Some(not_after(&server.dir.path().join("tls.crt"))),
+        "{metrics}"
+    );
     assert_eq!(fresh.post("/validate", body.clone()).await.0, 200);
     // The connection opened before the rotation still answers.
     assert_eq!(kept.post("/validate", body).await.0, 200);

@@ -139,7 +139,8 @@ pub struct Server {
 impl Server {
     /// Loads the certificate and binds both ports (port 0 picks a free one).
     pub async fn bind(options: ServeOptions, store: Arc<PolicyStore>) -> Result<Self, ServeError> {
-        let certificate = ReloadingCertificate::new(options.tls.clone())?;
+        let certificate =
+            ReloadingCertificate::new(options.tls.clone(), store.metrics().tls_certificate_expiry.clone())?;
         let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(certificate.clone())?));
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })

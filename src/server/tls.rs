@@ -49,6 +49,11 @@ pub enum TlsError {
 impl CertificateFiles {
     /// Reads and checks the pair.
     pub fn load(&self) -> Result<CertifiedKey, TlsError> {
+        self.load_with_expiry().map(|(certified, _)| certified)
+    }
+
+    /// Reads and checks the pair; also when the certificate expires (Unix time).
+    pub fn load_with_expiry(&self) -> Result<(CertifiedKey, i64), TlsError> {
         let cert_pem = read(&self.cert)?;
         let key_pem = read(&self.key)?;
         let chain: Vec<CertificateDer<'static>> =
@@ -56,7 +61,7 @@ impl CertificateFiles {
         if chain.is_empty() {
             return Err(TlsError::NoCertificate { path: self.cert.clone() });
         }
-        check_validity(&self.cert, &chain[0])?;
+        let expires = check_validity(&self.cert, &chain[0])?;
         let key = PrivateKeyDer::from_pem_slice(&key_pem)
             .map_err(|e| TlsError::NoKey { path: self.key.clone(), detail: e.to_string() })?;
         let unusable =
@@ -65,7 +70,7 @@ impl CertificateFiles {
         let signing_key = provider.key_provider.load_private_key(key).map_err(|e| unusable(e.to_string()))?;
         let certified = CertifiedKey::new(chain, signing_key);
         certified.keys_match().map_err(|e| unusable(e.to_string()))?;
-        Ok(certified)
+        Ok((certified, expires))
     }
 
     /// Modification times and sizes: what the poll compares.
@@ -78,7 +83,8 @@ impl CertificateFiles {
 
 /// Refuses a serving certificate that has expired or is not valid yet: serving it would fail
 /// every handshake, and the API server would report only "x509: certificate has expired".
-fn check_validity(path: &Path, certificate: &CertificateDer<'_>) -> Result<(), TlsError> {
+/// Returns when it expires (Unix time).
+fn check_validity(path: &Path, certificate: &CertificateDer<'_>) -> Result<i64, TlsError> {
     let not_valid = |detail: String| TlsError::NotValidNow { path: path.to_owned(), detail };
     let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref())
         .map_err(|e| not_valid(format!("it cannot be parsed as X.509: {e}")))?;
@@ -95,7 +101,7 @@ fn check_validity(path: &Path, certificate: &CertificateDer<'_>) -> Result<(), T
             tracing::warn!(target: "registry_gate::tls", cert = %path.display(), expires = %validity.not_after, "serving certificate expires within a week");
         }
     }
-    Ok(())
+    Ok(validity.not_after.timestamp())
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -107,13 +113,16 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 pub struct ReloadingCertificate {
     files: CertificateFiles,
     current: ArcSwap<CertifiedKey>,
+    /// `registry_gate_tls_certificate_expiry_timestamp_seconds`, set at every load.
+    expiry: prometheus::IntGauge,
 }
 
 impl ReloadingCertificate {
     /// Loads the pair; a server must not start without a usable certificate.
-    pub fn new(files: CertificateFiles) -> Result<Arc<Self>, TlsError> {
-        let certified = files.load()?;
-        Ok(Arc::new(ReloadingCertificate { files, current: ArcSwap::from_pointee(certified) }))
+    pub fn new(files: CertificateFiles, expiry: prometheus::IntGauge) -> Result<Arc<Self>, TlsError> {
+        let (certified, expires) = files.load_with_expiry()?;
+        expiry.set(expires);
+        Ok(Arc::new(ReloadingCertificate { files, current: ArcSwap::from_pointee(certified), expiry }))
     }
 
     /// Polls the files every `interval` and swaps in a changed pair, until the task is dropped.
@@ -125,9 +134,10 @@ impl ReloadingCertificate {
             if now == seen || now.is_none() {
                 continue;
             }
-            match self.files.load() {
-                Ok(certified) => {
+            match self.files.load_with_expiry() {
+                Ok((certified, expires)) => {
                     self.current.store(Arc::new(certified));
+                    self.expiry.set(expires);
                     seen = now;
                     tracing::info!(target: "registry_gate::tls", cert = %self.files.cert.display(), "serving certificate reloaded");
                 }

@@ -55,13 +55,8 @@ use gate::{Gate, binary, die_with_this_thread, free_port, write_certificates};
 const WEBHOOK_JOB: &str = "registry-gate";
 const CONTROLLER_JOB: &str = "registry-gate-controller";
 
-/// Metrics the rules or the dashboard use before the code exports them: the controller's
-/// periodic registry connection test is being added.
-const NOT_YET_EXPORTED: &[&str] = &[
-    "registry_gate_registry_test_success",
-    "registry_gate_registry_test_last_run_timestamp_seconds",
-    "registry_gate_registry_test_failures_total",
-];
+/// Metrics the rules or the dashboard use before the code exports them (none today).
+const NOT_YET_EXPORTED: &[&str] = &[];
 
 /// What the dashboard's variables and Grafana's built-in intervals stand for here. Grafana's
 /// `$__rate_interval` is at least four scrape intervals (1 s here).
@@ -978,6 +973,11 @@ impl ControllerSide {
             ecr_key("ecr-key-prod", "ecr-prod", &format!("http://127.0.0.1:{ecr_port}")),
             // Nobody answers this one: its refresh fails, with backoff.
             ecr_key("ecr-key-staging", "ecr-staging", &format!("http://127.0.0.1:{}", free_port())),
+            // Running workloads the policy refuses, for the audit panels.
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "miner", "namespace": "shop"},
+                   "spec": {"containers": [{"name": "m", "image": "quay.io/evil/miner:1"}]}}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "debug", "namespace": "team-b"},
+                   "spec": {"containers": [{"name": "d", "image": "busybox:1.36"}]}}),
         ]);
         for object in &objects {
             apply(&cp, object)?;
@@ -991,6 +991,8 @@ impl ControllerSide {
             r#"registry_gate_pull_secret_copies\{registry="production-ecr",state="synced"\} [1-9]"#,
             r#"registry_gate_credential_expiry_timestamp_seconds\{secret="ecr-prod"\} [1-9]"#,
             r#"registry_gate_credential_refresh_failures_total\{secret="ecr-staging"\} [1-9]"#,
+            r#"registry_gate_audit_violations\{kind="Pod",namespace="shop",reason="unregistered",registry="quay.io"\} 1"#,
+            r#"registry_gate_registry_test_failures_total\{registry="corp",stage="dns"\} [1-9]"#,
         ]
         .map(|p| regex::Regex::new(p).expect("a valid pattern"));
         wait_for(
@@ -1120,6 +1122,9 @@ impl Controller {
             .arg("--kubeconfig")
             .arg(&cp.kubeconfig)
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}"), "--resync-seconds", "30"])
+            // The connection tests, against the policy's made-up hosts: every one fails (dns),
+            // which is what the registry panels and RegistryGateRegistryUnreachable show.
+            .args(["--registry-test-interval-seconds", "2", "--registry-test-timeout-seconds", "1"])
             .args(["--log-format", "json"])
             .env_remove("KUBECONFIG")
             .stdin(Stdio::null())

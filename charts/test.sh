@@ -51,41 +51,9 @@ SECONDS=0
 k() { "${REGISTRY_GATE_CONTROLPLANE_BIN}/kubectl" "$@"; }
 h() { "${REGISTRY_GATE_HELM}" "$@"; }
 gate() { "${REGISTRY_GATE_BINARY}" "$@"; }
-passed=0
-failed=0
-skipped=0
-report() { # ok|FAIL DESCRIPTION OUTPUT
-  if [[ "$1" == ok ]]; then
-    passed=$((passed + 1))
-    echo "ok   - $2"
-  else
-    failed=$((failed + 1))
-    echo "FAIL - $2"
-  fi
-  [[ -z "$3" ]] || sed 's/^/       | /' <<<"$3"
-}
-# check DESCRIPTION COMMAND...: passes when the command succeeds.
-check() {
-  local d="$1" out rc
-  shift
-  out="$("$@" 2>&1)"
-  rc=$?
-  if [[ ${rc} -eq 0 ]]; then report ok "${d}" "${out}"; else report FAIL "${d} (exit ${rc})" "${out}"; fi
-}
-# refused DESCRIPTION PATTERN COMMAND...: passes when the command fails and its output
-# contains PATTERN (an extended regular expression).
-refused() {
-  local d="$1" pattern="$2" out rc
-  shift 2
-  out="$("$@" 2>&1)"
-  rc=$?
-  if [[ ${rc} -ne 0 ]] && grep -Eq -- "${pattern}" <<<"${out}"; then
-    report ok "${d}" "${out}"
-  else
-    report FAIL "${d} (exit ${rc}, expected a refusal matching: ${pattern})" "${out}"
-  fi
-}
-skip() { skipped=$((skipped + 1)); echo "skip - $1: $2"; }
+# report, check, refused, skip, and the RBAC checks (can, can_all, rules, exactly_rules).
+# shellcheck source=../tests/controlplane/checks.sh
+source "${ROOT}/tests/controlplane/checks.sh"
 # quiet COMMAND...: runs it, shows its output only when it fails (for long renderings).
 quiet() { local out; out="$("$@" 2>&1)" || { echo "${out}"; return 1; }; }
 # eventually SECONDS COMMAND...: runs it every 0.1 s until it succeeds, for at most SECONDS.
@@ -418,80 +386,18 @@ check "namespaceSelector: Pod CREATE in kube-system is admitted" pod kube-system
 
 # What the two ServiceAccounts may do: manifests/README.md's RBAC tables, as
 # manifests/validate.sh checks them for the kustomize install.
-WEBHOOK=system:serviceaccount:registry-gate:registry-gate
-CONTROLLER=system:serviceaccount:registry-gate:registry-gate-controller
+# shellcheck disable=SC2034 # read by rules() in tests/controlplane/checks.sh
 NOBODY=system:serviceaccount:registry-gate:chart-test-no-bindings
-can_all() { # WHO yes|no RESOURCE NAMESPACE("*": all) VERB...
-  local who="$1" want="$2" resource="$3" ns="$4" verb got scope=(-n "$4")
-  shift 4
-  [[ "${ns}" != "*" ]] || scope=(--all-namespaces)
-  for verb in "$@"; do
-    got="$(k auth can-i "${verb}" "${resource}" "${scope[@]}" --as="${who}" 2>/dev/null)"
-    echo "${who##*:} can-i ${verb} ${resource} in ${ns}: ${got}"
-    [[ "${got}" == "${want}" ]] || return 1
-  done
-}
-rules() { # WHO NAMESPACE: the rules beyond those of an account without bindings
-  rule_lines() {
-    k auth can-i --list -n "$2" --as="$1" | awk 'NR > 1 && $1 !~ /^\[/ { $1 = $1; print }' | sort
-  }
-  comm -23 <(rule_lines "$1" "$2") <(rule_lines "${NOBODY}" "$2")
-}
-exactly_rules() { # WHO NAMESPACE < EXPECTED
-  local got want
-  want="$(sort)"
-  got="$(rules "$1" "$2")" || return 1
-  echo "${got:-(no rules)}"
-  [[ "${got}" == "${want}" ]] || { echo "--- expected:"; echo "${want:-(no rules)}"; return 1; }
-}
 for ns in registry-gate default "*"; do
   check "RBAC webhook: nothing on Secrets in ${ns/#\*/all namespaces}" \
     can_all "${WEBHOOK}" no secrets "${ns}" get list watch create update patch delete
 done
-check "RBAC webhook: exactly the rules of the table in default" exactly_rules "${WEBHOOK}" default <<'EOF'
-namespaces [] [] [list watch]
-EOF
+check "RBAC webhook: exactly the rules of the table in default" exactly_rules "${WEBHOOK}" default <"${RBAC_TABLES}/webhook-default.rules"
 check "RBAC webhook: exactly the rules of the table in registry-gate" \
-  exactly_rules "${WEBHOOK}" registry-gate <<'EOF'
-configmaps [] [registry-gate-policy] [get]
-configmaps [] [] [list watch]
-events [] [] [create patch]
-events.events.k8s.io [] [] [create patch]
-namespaces [] [] [list watch]
-EOF
-check "RBAC controller: exactly the rules of the table in default" exactly_rules "${CONTROLLER}" default <<'EOF'
-events [] [] [create patch]
-events.events.k8s.io [] [] [create patch]
-namespaces [] [] [get list watch]
-secrets [] [] [get list watch create update patch delete]
-cronjobs.batch [] [] [list]
-daemonsets.apps [] [] [list]
-deployments.apps [] [] [list]
-jobs.batch [] [] [list]
-pods [] [] [list]
-replicasets.apps [] [] [list]
-replicationcontrollers [] [] [list]
-statefulsets.apps [] [] [list]
-EOF
+  exactly_rules "${WEBHOOK}" registry-gate <"${RBAC_TABLES}/webhook-registry-gate.rules"
+check "RBAC controller: exactly the rules of the table in default" exactly_rules "${CONTROLLER}" default <"${RBAC_TABLES}/controller-default.rules"
 check "RBAC controller: exactly the rules of the table in registry-gate" \
-  exactly_rules "${CONTROLLER}" registry-gate <<'EOF'
-configmaps [] [registry-gate-policy] [get]
-configmaps [] [registry-gate-audit] [get update patch]
-configmaps [] [registry-gate-sync-status] [get update patch]
-configmaps [] [] [list watch create]
-events [] [] [create patch]
-events.events.k8s.io [] [] [create patch]
-namespaces [] [] [get list watch]
-secrets [] [] [get list watch create update patch delete]
-cronjobs.batch [] [] [list]
-daemonsets.apps [] [] [list]
-deployments.apps [] [] [list]
-jobs.batch [] [] [list]
-pods [] [] [list]
-replicasets.apps [] [] [list]
-replicationcontrollers [] [] [list]
-statefulsets.apps [] [] [list]
-EOF
+  exactly_rules "${CONTROLLER}" registry-gate <"${RBAC_TABLES}/controller-registry-gate.rules"
 
 # The real processes, each as its ServiceAccount: a copy of the admin kubeconfig that
 # impersonates the account (and the groups the API server gives ServiceAccounts).

@@ -38,41 +38,9 @@ CERT_MANAGER_VERSION="${CERT_MANAGER_VERSION:-v1.21.2}"
 PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 
 k() { "${REGISTRY_GATE_CONTROLPLANE_BIN}/kubectl" "$@"; }
-passed=0
-failed=0
-skipped=0
-report() { # ok|FAIL DESCRIPTION OUTPUT
-  if [[ "$1" == ok ]]; then
-    passed=$((passed + 1))
-    echo "ok   - $2"
-  else
-    failed=$((failed + 1))
-    echo "FAIL - $2"
-  fi
-  [[ -z "$3" ]] || sed 's/^/       | /' <<<"$3"
-}
-# check DESCRIPTION COMMAND...: passes when the command succeeds.
-check() {
-  local d="$1" out rc
-  shift
-  out="$("$@" 2>&1)"
-  rc=$?
-  if [[ ${rc} -eq 0 ]]; then report ok "${d}" "${out}"; else report FAIL "${d} (exit ${rc})" "${out}"; fi
-}
-# refused DESCRIPTION PATTERN COMMAND...: passes when the command fails and its output
-# contains PATTERN (an extended regular expression).
-refused() {
-  local d="$1" pattern="$2" out rc
-  shift 2
-  out="$("$@" 2>&1)"
-  rc=$?
-  if [[ ${rc} -ne 0 ]] && grep -Eq -- "${pattern}" <<<"${out}"; then
-    report ok "${d}" "${out}"
-  else
-    report FAIL "${d} (exit ${rc}, expected a refusal matching: ${pattern})" "${out}"
-  fi
-}
-skip() { skipped=$((skipped + 1)); echo "skip - $1: $2"; }
+# report, check, refused, skip, and the RBAC checks (can, can_all, rules, exactly_rules).
+# shellcheck source=../tests/controlplane/checks.sh
+source "${ROOT}/tests/controlplane/checks.sh"
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "${WORK}"' EXIT
@@ -360,44 +328,10 @@ check "controller Deployment: 1 replica, strategy Recreate, its own ServiceAccou
   controller_runs_alone
 
 # --- RBAC: what the two ServiceAccounts may and may not do. ----------------------------------------
-WEBHOOK=system:serviceaccount:registry-gate:registry-gate
-CONTROLLER=system:serviceaccount:registry-gate:registry-gate-controller
 # An account with no binding of its own: what every ServiceAccount may do anyway (discovery,
 # self-reviews), which the exact comparisons below leave out.
+# shellcheck disable=SC2034 # read by rules() in tests/controlplane/checks.sh
 NOBODY=system:serviceaccount:registry-gate:validate-no-bindings
-can() { # WHO yes|no VERB RESOURCE [NAMESPACE; "*" for all namespaces]
-  local who="$1" want="$2" verb="$3" resource="$4" ns="${5:-}" scope=() got
-  case "${ns}" in
-    "") ;;
-    "*") scope=(--all-namespaces) ;;
-    *) scope=(-n "${ns}") ;;
-  esac
-  got="$(k auth can-i "${verb}" "${resource}" "${scope[@]}" --as="${who}" 2>/dev/null)"
-  echo "${who##*:} can-i ${verb} ${resource} ${ns:+in ${ns}}: ${got}"
-  [[ "${got}" == "${want}" ]]
-}
-can_all() { # WHO yes|no RESOURCE NAMESPACE VERB...
-  local who="$1" want="$2" resource="$3" ns="$4" verb
-  shift 4
-  for verb in "$@"; do can "${who}" "${want}" "${verb}" "${resource}" "${ns}" || return 1; done
-}
-# rules WHO NAMESPACE: the resource rules `kubectl auth can-i --list` shows for WHO beyond those of
-# an account without bindings, one per line, columns separated by single spaces.
-rules() {
-  local who="$1" ns="$2"
-  rule_lines() {
-    k auth can-i --list -n "${ns}" --as="$1" | awk 'NR > 1 && $1 !~ /^\[/ { $1 = $1; print }' | sort
-  }
-  comm -23 <(rule_lines "${who}") <(rule_lines "${NOBODY}")
-}
-# exactly_rules WHO NAMESPACE < EXPECTED: the rules are exactly the expected lines, in any order.
-exactly_rules() {
-  local got want
-  want="$(sort)"
-  got="$(rules "$1" "$2")" || return 1
-  echo "${got:-(no rules)}"
-  [[ "${got}" == "${want}" ]] || { echo "--- expected:"; echo "${want:-(no rules)}"; return 1; }
-}
 
 # The webhook: the policy ConfigMap and Events in registry-gate, nothing on Secrets anywhere.
 check "RBAC webhook: get configmap/registry-gate-policy in registry-gate" \
@@ -428,17 +362,9 @@ check "RBAC webhook: list and watch Namespaces (their labels), nothing more on t
 check "RBAC webhook: no get or write of Namespaces" \
   can_all "${WEBHOOK}" no namespaces "" get create update patch delete
 check "RBAC webhook: exactly the rules of the table in default (Namespaces read)" \
-  exactly_rules "${WEBHOOK}" default <<'EOF'
-namespaces [] [] [list watch]
-EOF
+  exactly_rules "${WEBHOOK}" default <"${RBAC_TABLES}/webhook-default.rules"
 check "RBAC webhook: exactly the rules of the table in registry-gate" \
-  exactly_rules "${WEBHOOK}" registry-gate <<'EOF'
-configmaps [] [registry-gate-policy] [get]
-configmaps [] [] [list watch]
-events [] [] [create patch]
-events.events.k8s.io [] [] [create patch]
-namespaces [] [] [list watch]
-EOF
+  exactly_rules "${WEBHOOK}" registry-gate <"${RBAC_TABLES}/webhook-registry-gate.rules"
 
 # The controller: Secrets and Events everywhere, Namespaces read-only, Pods and workloads listed
 # (the audit), three ConfigMaps.
@@ -500,39 +426,9 @@ check "RBAC controller: no bind or escalate of ClusterRoles" \
 check "RBAC controller: no ServiceAccount tokens" \
   can "${CONTROLLER}" no create serviceaccounts/token registry-gate
 check "RBAC controller: exactly the rules of the table in another namespace" \
-  exactly_rules "${CONTROLLER}" default <<'EOF'
-events [] [] [create patch]
-events.events.k8s.io [] [] [create patch]
-namespaces [] [] [get list watch]
-secrets [] [] [get list watch create update patch delete]
-cronjobs.batch [] [] [list]
-daemonsets.apps [] [] [list]
-deployments.apps [] [] [list]
-jobs.batch [] [] [list]
-pods [] [] [list]
-replicasets.apps [] [] [list]
-replicationcontrollers [] [] [list]
-statefulsets.apps [] [] [list]
-EOF
+  exactly_rules "${CONTROLLER}" default <"${RBAC_TABLES}/controller-default.rules"
 check "RBAC controller: exactly the rules of the table in registry-gate" \
-  exactly_rules "${CONTROLLER}" registry-gate <<'EOF'
-configmaps [] [registry-gate-policy] [get]
-configmaps [] [registry-gate-audit] [get update patch]
-configmaps [] [registry-gate-sync-status] [get update patch]
-configmaps [] [] [list watch create]
-events [] [] [create patch]
-events.events.k8s.io [] [] [create patch]
-namespaces [] [] [get list watch]
-secrets [] [] [get list watch create update patch delete]
-cronjobs.batch [] [] [list]
-daemonsets.apps [] [] [list]
-deployments.apps [] [] [list]
-jobs.batch [] [] [list]
-pods [] [] [list]
-replicasets.apps [] [] [list]
-replicationcontrollers [] [] [list]
-statefulsets.apps [] [] [list]
-EOF
+  exactly_rules "${CONTROLLER}" registry-gate <"${RBAC_TABLES}/controller-registry-gate.rules"
 
 echo
 echo "${passed} passed, ${failed} failed, ${skipped} skipped"

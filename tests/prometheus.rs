@@ -339,6 +339,17 @@ fn check_everything(
             report.failures.push(format!("alert {name} is {state} although every process is up"));
         }
     }
+    if with_controller {
+        // The audit's namespace label survives the scrape (honor_labels), as the dashboard's
+        // "by namespace" panel needs.
+        let shop =
+            prometheus.query(r#"registry_gate_audit_violations{namespace="shop", reason="unregistered"}"#)?;
+        if shop.is_empty() {
+            report
+                .failures
+                .push("registry_gate_audit_violations has no series with namespace=\"shop\"".to_owned());
+        }
+    }
     Ok(report)
 }
 
@@ -493,6 +504,9 @@ impl Prometheus {
             .map(|(job, port)| {
                 json!({
                     "job_name": job,
+                    // As the ServiceMonitors say: the controller's audit series name the
+                    // namespaces of the workloads they count.
+                    "honor_labels": *job == CONTROLLER_JOB,
                     "static_configs": [{"targets": [format!("127.0.0.1:{port}")], "labels": {"namespace": "registry-gate"}}],
                 })
             })

@@ -85,3 +85,11 @@ deny:
 bench:
 	$(CARGO) bench --bench decision
 	$(CARGO) bench --bench review
+
+# The peers' engines (OPA's Rego as Gatekeeper's k8sallowedrepos runs it, cel-go as a
+# ValidatingAdmissionPolicy runs it) beside registry-gate on the same Pod and registries, in one
+# run (benches/peers/run.sh, about 5 minutes; Go modules from the Go module proxy). Not part of
+# `make test`.
+.PHONY: bench-peers
+bench-peers:
+	benches/peers/run.sh

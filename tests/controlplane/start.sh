@@ -289,12 +289,17 @@ cleanup_on_failure() {
 trap cleanup_on_failure EXIT
 
 # ---------------------------------------------------------------- ports ------
-# A port on 127.0.0.1 nobody listens on (racy by nature, as envtest's addr.Suggest).
+# A port on 127.0.0.1 nobody listens on (racy by nature, as envtest's addr.Suggest). Below the
+# kernel's ephemeral range: a port in it can be the local end of someone's outgoing connection,
+# which a connect probe does not see but a bind refuses ("address already in use", seen on a
+# busy machine).
+EPHEMERAL_LOW="$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
+((EPHEMERAL_LOW > 12000)) || EPHEMERAL_LOW=32768
 declare -A TAKEN=()
 free_port() {
   local p i
   for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 40000))
+    p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
     [[ -z "${TAKEN[${p}]:-}" ]] || continue
     if ! (exec 3<>"/dev/tcp/127.0.0.1/${p}") 2>/dev/null; then
       TAKEN[${p}]=1

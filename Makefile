@@ -3,10 +3,9 @@ CARGO ?= cargo
 
 .PHONY: run test controlplane moto lint deny fuzz bench
 
-# The webhook on https://127.0.0.1:8443 (metrics on :9090) with the bundled default policy and
-# development certificates generated into certs/ on first run.
-# The webhook on loopback with the bundled policy, or POLICY=FILE (reloaded when it changes).
-# The quickstart profile builds in minutes; `cargo build --release` is what to deploy.
+# The webhook on https://127.0.0.1:8443 (metrics on :9090) with the bundled policy, or
+# POLICY=FILE (reloaded when it changes), and development certificates generated into certs/ on
+# first run. The quickstart profile builds in minutes; `cargo build --release` is what to deploy.
 POLICY ?=
 run:
 	$(CARGO) run --profile quickstart -- serve --listen 127.0.0.1:8443 --metrics-listen 127.0.0.1:9090 \

@@ -324,6 +324,11 @@ fn glob_entry(glob: &str) -> Result<(String, bool, Vec<String>), String> {
             "the host pattern {host:?} has no registry-gate equivalent (only leading *. labels)"
         ));
     }
+    if leading_labels {
+        notes.push(format!(
+            "{host:?}: Kyverno's * matched any run of characters, registry-gate's * one whole label: deeper subdomains are refused"
+        ));
+    }
     // The path: literal components up to the first wildcard.
     let mut path = Vec::new();
     let mut open = true;

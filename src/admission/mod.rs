@@ -182,7 +182,7 @@ impl std::fmt::Display for Problem<'_> {
 const QUOTED_MAX_BYTES: usize = 512;
 
 /// `text`, cut at [`QUOTED_MAX_BYTES`] on a character boundary, saying how much was left out.
-fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn clip(text: &str) -> std::borrow::Cow<'_, str> {
     if text.len() <= QUOTED_MAX_BYTES {
         return std::borrow::Cow::Borrowed(text);
     }

@@ -42,6 +42,12 @@ pub const MAX_EXAMPLES: usize = 20;
 /// Distinct (namespace, image) pairs kept in the inventory (about 100 bytes each, so the
 /// ConfigMap stays far below the API server's 1 MiB object limit).
 pub const MAX_INVENTORY: usize = 5000;
+/// What the inventory may hold in all, whatever the pairs' lengths: a Pod's image string is
+/// chosen by whoever writes it, and a ConfigMap over 1 MiB would make every pass fail to write.
+pub const MAX_INVENTORY_BYTES: usize = 512 * 1024;
+/// Image strings longer than this are not in the inventory (no reference the runtime pulls is;
+/// they are still counted as violations).
+const MAX_INVENTORY_IMAGE_BYTES: usize = 1024;
 
 /// How the audit runs.
 #[derive(Debug, Clone)]
@@ -179,6 +185,8 @@ pub struct Pass {
     pub unlabelled: u64,
     pub examples: Vec<Finding>,
     inventory: HashMap<(String, String), InUse>,
+    /// What the inventory's entries add up to, bounded by [`MAX_INVENTORY_BYTES`].
+    inventory_bytes: usize,
     pub inventory_truncated: bool,
 }
 
@@ -219,9 +227,14 @@ impl Pass {
                     namespace: namespace.name.to_owned(),
                     object: format!("{kind_name}/{name}"),
                     location: location.to_string(),
-                    image: image.to_owned(),
+                    image: crate::admission::clip(image).into_owned(),
                     reason,
-                    message: policy.denial_message(reference.as_ref(), &denial, namespace),
+                    message: crate::admission::clip(&policy.denial_message(
+                        reference.as_ref(),
+                        &denial,
+                        namespace,
+                    ))
+                    .into_owned(),
                 });
             }
         }
@@ -233,9 +246,18 @@ impl Pass {
     fn record_use(&mut self, kind_name: &'static str, name: &str, namespace: &str, image: &str) {
         let is_pod = kind_name == "Pod";
         let key = (namespace.to_owned(), image.to_owned());
-        if !self.inventory.contains_key(&key) && self.inventory.len() >= MAX_INVENTORY {
+        // Bytes a new entry adds to the JSON: its strings plus the field names and counts.
+        let cost = namespace.len() + image.len() + kind_name.len() + name.len() + 80;
+        if !self.inventory.contains_key(&key)
+            && (self.inventory.len() >= MAX_INVENTORY
+                || image.len() > MAX_INVENTORY_IMAGE_BYTES
+                || self.inventory_bytes + cost > MAX_INVENTORY_BYTES)
+        {
             self.inventory_truncated = true;
             return;
+        }
+        if !self.inventory.contains_key(&key) {
+            self.inventory_bytes += cost;
         }
         let entry = self.inventory.entry(key).or_insert_with(|| InUse {
             namespace: namespace.to_owned(),
@@ -680,6 +702,29 @@ mod tests {
         let inventory = pass.inventory(1, 0);
         assert!(inventory.truncated);
         assert_eq!(inventory.images.len(), MAX_INVENTORY);
+    }
+
+    #[test]
+    fn long_image_strings_cannot_push_the_configmap_over_its_limit() {
+        let policy = Policy::parse(POLICY).expect("the test policy is valid");
+        let mut pass = Pass::default();
+        // One invalid 100 KB string, then valid references as long as the grammar allows.
+        let huge = "x".repeat(100_000);
+        let long: Vec<String> =
+            (0..4000).map(|i| format!("h{i}.example/{}", "a/".repeat(120) + "b")).collect();
+        let mut images: Vec<&str> = vec![huge.as_str()];
+        images.extend(long.iter().map(String::as_str));
+        for chunk in images.chunks(200) {
+            pass.examine_page(&policy, "Pod", &HashMap::new(), &page(&pod("dev", "p", chunk), ""))
+                .expect("a page");
+        }
+        let inventory = pass.inventory(1, 0);
+        assert!(inventory.truncated);
+        assert!(!inventory.images.iter().any(|i| i.image == huge), "the 100 KB string is not kept");
+        let json = serde_json::to_string(&inventory).expect("JSON");
+        assert!(json.len() <= MAX_INVENTORY_BYTES, "{} bytes", json.len());
+        assert!(summary(&pass, 1).len() < 64 * 1024, "examples are clipped");
+        assert_eq!(pass.examined["Pod"], 21);
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! (only what a decision needs; the rest of the object is skipped unparsed) and the response.
 
 use base64::Engine;
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 use super::workload::{ObjectOnly, ObjectView, Text, optional_object};
 
@@ -73,9 +73,10 @@ struct RawRequest<'a> {
     name: Option<Text<'a>>,
     #[serde(borrow, default)]
     namespace: Option<Text<'a>>,
-    #[serde(borrow, default)]
+    /// Read through (it must be JSON, and only one), not kept.
+    #[serde(default)]
     #[allow(dead_code)]
-    object: Option<&'a RawValue>,
+    object: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,7 +97,7 @@ pub struct UserInfo<'a> {
 pub enum ReviewError {
     /// The body is not JSON of the AdmissionReview shape.
     #[error("the body is not an AdmissionReview: {0}")]
-    Malformed(#[from] serde_json::Error),
+    Malformed(String),
     /// The body nests deeper than any object the API server sends.
     #[error("the body nests JSON deeper than {MAX_JSON_DEPTH} levels; no AdmissionReview does")]
     TooDeep,
@@ -106,9 +107,6 @@ pub enum ReviewError {
     /// No `request` to answer.
     #[error("the AdmissionReview has no request")]
     NoRequest,
-    /// The fast reader refused a body that serde_json accepts (no known case).
-    #[error("the body is not an AdmissionReview: {0}")]
-    Unreadable(String),
     /// A response must echo `request.uid`; without one no answer can be matched to the request.
     #[error("request.uid is missing; the API server always sends one")]
     NoUid,
@@ -121,24 +119,26 @@ pub enum ReviewError {
 impl<'a> Request<'a> {
     /// Reads the request out of an AdmissionReview body.
     ///
-    /// sonic-rs rather than serde_json on this path: reading the body is almost all of a
-    /// review's cost, and sonic-rs's SIMD scanner took the typical review from 12.1 to 7.9 us
-    /// (`cargo bench --bench review`, benches/RESULTS.md). serde_json still reads the error path,
-    /// for its messages.
+    /// One JSON reader, sonic-rs, reads every review, its error path included: two readers could
+    /// disagree about a body, and on this boundary a disagreement is a bypass. sonic-rs because
+    /// reading the body is almost all of a review's cost, and its SIMD scanner took the typical
+    /// review from 12.1 to 7.9 us against serde_json (`cargo bench --bench review`). What it is
+    /// held to, so that it sees what the API server's Go decoder sees or refuses the body
+    /// (tests/review_differential.rs runs the Go decoder on the same bodies):
+    /// - **duplicate keys** among the fields read here are refused (serde's derived structs),
+    ///   where Go would keep the last; duplicates among fields nobody reads change nothing;
+    /// - **invalid UTF-8** anywhere is refused, where Go would read it as U+FFFD;
+    /// - **nesting** deeper than [`MAX_JSON_DEPTH`] is refused before any reader recurses;
+    /// - keys match **case-sensitively**, as the API server's decoder (sigs.k8s.io/json) does;
+    /// - fields read here must have their API types: an object where an object belongs (never
+    ///   an array of its fields), a string where a string belongs.
     pub fn parse(body: &'a [u8]) -> Result<Self, ReviewError> {
         if !nests_at_most(body, MAX_JSON_DEPTH) {
             return Err(ReviewError::TooDeep);
         }
         let envelope: Envelope<'a> = match sonic_rs::from_slice::<ObjectOnly<Envelope<'a>>>(body) {
             Ok(envelope) => envelope.0,
-            Err(fast_error) => {
-                // serde_json explains the failure; should it accept what sonic-rs refused, the
-                // body is still refused, with sonic-rs's words.
-                return Err(match serde_json::from_slice::<ObjectOnly<Envelope<'_>>>(body) {
-                    Err(error) => Self::classify(body, error),
-                    Ok(_) => ReviewError::Unreadable(fast_error.to_string()),
-                });
-            }
+            Err(error) => return Err(Self::classify(body, &error)),
         };
         let api_version = envelope.api_version.as_deref().unwrap_or("");
         let kind = envelope.kind.as_deref().unwrap_or("");
@@ -154,9 +154,10 @@ impl<'a> Request<'a> {
 
     /// Why a body failed the one-pass read: a broken envelope, or a readable review with an
     /// unreadable object. Only the error path pays for this second read.
-    fn classify(body: &[u8], error: serde_json::Error) -> ReviewError {
-        let Ok(ObjectOnly(RawEnvelope { request: Some(raw) })) = serde_json::from_slice(body) else {
-            return ReviewError::Malformed(error);
+    fn classify(body: &[u8], error: &sonic_rs::Error) -> ReviewError {
+        let detail = describe(error);
+        let Ok(ObjectOnly(RawEnvelope { request: Some(raw) })) = sonic_rs::from_slice(body) else {
+            return ReviewError::Malformed(detail);
         };
         let text = |t: Option<Text<'_>>| t.map(|t| t.0.into_owned()).unwrap_or_default();
         match raw.uid {
@@ -165,7 +166,7 @@ impl<'a> Request<'a> {
                 kind: raw.kind.and_then(|k| k.kind).map(|k| k.0.into_owned()).unwrap_or_default(),
                 name: text(raw.name),
                 namespace: text(raw.namespace),
-                detail: error.to_string(),
+                detail,
             },
             _ => ReviewError::NoUid,
         }
@@ -201,6 +202,18 @@ impl<'a> Request<'a> {
 
     pub fn username(&self) -> &str {
         self.user_info.as_ref().and_then(|u| u.username.as_deref()).unwrap_or_default()
+    }
+}
+
+/// A reader error as one line: what is wrong and where. sonic-rs's own message goes on to quote
+/// the body around that position, on further lines; that quote is dropped, since denial
+/// messages are logged and recorded, and the body can hold values (environment variables) that
+/// belong in neither.
+fn describe(error: &sonic_rs::Error) -> String {
+    let message = error.to_string();
+    match message.split_once('\n') {
+        Some((first, _)) => first.trim_end().to_owned(),
+        None => message,
     }
 }
 
@@ -291,7 +304,8 @@ impl Response {
         self
     }
 
-    /// The full AdmissionReview body.
+    /// The full AdmissionReview body. serde_json writes it (and the patch): writing has no
+    /// ambiguity to disagree about, and the answer is small; no JSON is read with it here.
     pub fn to_review_json(&self) -> Vec<u8> {
         #[derive(Serialize)]
         #[serde(rename_all = "camelCase")]
@@ -376,6 +390,26 @@ mod tests {
             .spawn(move || Request::parse(body.as_bytes()).is_ok())
             .expect("thread");
         assert!(reader.join().expect("no stack overflow"));
+    }
+
+    #[test]
+    fn reader_errors_are_one_line_and_quote_nothing_of_the_body() {
+        let review = |object: &str| {
+            format!(
+                r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"1","kind":{{"kind":"Pod"}},"operation":"CREATE","object":{object}}}}}"#
+            )
+        };
+        let bodies = [
+            review(r#"{"spec":{"containers":[{"env":[{"value":"s3cr3t-value"}],"image":7}]}}"#),
+            review(r#"{"spec":{"containers":[{"env":[{"value":"s3cr3t-value"}],"image":"a","image":"b"}]}}"#),
+            review(r#"{"spec":{"containers":[{"env":[{"value":"s3cr3t-value"}] "image":"a"}]}}"#),
+            r#"{"request":{"env":"s3cr3t-value"},"#.to_owned(),
+        ];
+        for body in bodies {
+            let error = Request::parse(body.as_bytes()).expect_err("refused").to_string();
+            assert!(!error.contains("s3cr3t"), "{error}");
+            assert!(!error.contains('\n') && error.contains("at line 1 column"), "{error}");
+        }
     }
 
     #[test]

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Build the goref helper (see README.md here) into a cache directory keyed by
-# the hash of its sources, for tests/go_differential.rs.
+# Build a Go helper of the tests into a cache directory keyed by the hash of its
+# sources: goref (see README.md here) for tests/go_differential.rs, or, given its
+# directory, tests/godecode for tests/review_differential.rs.
+#
+#   tests/goref/build.sh                     # builds tests/goref
+#   tests/goref/build.sh tests/godecode      # builds tests/godecode
 #
 # Idempotent: when the cache already holds the binary for these exact sources it
 # prints its path at once, without needing Go.
 #
 # Environment (all optional):
-#   REGISTRY_GATE_GOREF_CACHE    cache root (default ~/.cache/registry-gate/goref);
-#                                the binary goes to <root>/<hash>/goref
+#   REGISTRY_GATE_GOREF_CACHE    cache root (default ~/.cache/registry-gate/<helper>);
+#                                the binary goes to <root>/<hash>/<helper>
 #   REGISTRY_GATE_GOREF_FORCE=1  rebuild even if the binary is cached
 #
 # The last line on stdout is the binary's path, so callers can do
@@ -17,16 +21,17 @@ set -euo pipefail
 # this file while a build runs cannot break the running copy.
 {
 
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+HERE="$(cd "${1:-$(dirname "${BASH_SOURCE[0]}")}" && pwd)"
+NAME="$(basename "${HERE}")"
 
 log() { echo "build.sh: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 # Keyed by content rather than by version, so that editing main.go or bumping a
 # module can never run a stale binary.
-HASH="$(cd "${HERE}" && cat go.mod go.sum main.go | sha256sum | cut -c1-16)"
-CACHE="${REGISTRY_GATE_GOREF_CACHE:-${HOME}/.cache/registry-gate/goref}/${HASH}"
-BIN="${CACHE}/goref"
+HASH="$(cd "${HERE}" && cat go.mod go.sum ./*.go | sha256sum | cut -c1-16)"
+CACHE="${REGISTRY_GATE_GOREF_CACHE:-${HOME}/.cache/registry-gate/${NAME}}/${HASH}"
+BIN="${CACHE}/${NAME}"
 
 if [[ "${REGISTRY_GATE_GOREF_FORCE:-0}" != 1 && -x "${BIN}" ]]; then
   log "cache hit"

@@ -43,18 +43,12 @@ struct GoAnswer {
     duplicates: Vec<String>,
     api_version: String,
     kind: String,
-    uid: String,
-    review_kind: String,
-    sub_resource: String,
-    operation: String,
-    namespace: String,
-    name: String,
-    object: Option<Vec<(String, String)>>,
-    old_object: Option<Vec<(String, String)>>,
+    #[serde(flatten)]
+    seen: Seen,
 }
 
-/// What registry-gate read: the same fields, or why it refused.
-#[derive(Debug, PartialEq)]
+/// What a reader saw of a request.
+#[derive(Debug, PartialEq, Deserialize)]
 struct Seen {
     uid: String,
     review_kind: String,
@@ -88,21 +82,6 @@ fn ours(body: &[u8]) -> Result<Seen, ReviewError> {
     })
 }
 
-impl GoAnswer {
-    fn seen(self) -> Seen {
-        Seen {
-            uid: self.uid,
-            review_kind: self.review_kind,
-            sub_resource: self.sub_resource,
-            operation: self.operation,
-            namespace: self.namespace,
-            name: self.name,
-            object: self.object,
-            old_object: self.old_object,
-        }
-    }
-}
-
 /// Why registry-gate may refuse a body that Go reads, or `None` when nothing documented explains
 /// the refusal.
 fn documented_refusal(body: &[u8], error: &ReviewError, go: &GoAnswer) -> Option<&'static str> {
@@ -129,13 +108,13 @@ fn documented_refusal(body: &[u8], error: &ReviewError, go: &GoAnswer) -> Option
         return Some("nesting");
     }
     // Go decodes whatever it is given; the API server sends only full v1 reviews.
-    if go.api_version != "admission.k8s.io/v1" || go.kind != "AdmissionReview" || go.uid.is_empty() {
+    if go.api_version != "admission.k8s.io/v1" || go.kind != "AdmissionReview" || go.seen.uid.is_empty() {
         return Some("not a v1 AdmissionReview with a uid");
     }
     // registry-gate reads every object through one view of the Pod-spec fields; an object of a
     // kind its webhooks are not registered for may use those names for other types.
-    if WorkloadKind::of(&go.review_kind).is_none()
-        && !["ConfigMap", "Service"].contains(&go.review_kind.as_str())
+    if WorkloadKind::of(&go.seen.review_kind).is_none()
+        && !["ConfigMap", "Service"].contains(&go.seen.review_kind.as_str())
     {
         return Some("a kind the webhooks are not registered for");
     }
@@ -470,7 +449,7 @@ fn the_review_reader_sees_what_the_api_servers_decoder_sees_or_refuses() {
     for (body, go) in bodies.iter().zip(answers) {
         match (ours(body), go.ok) {
             (Ok(seen), true) => {
-                let go_seen = go.seen();
+                let go_seen = go.seen;
                 if seen == go_seen {
                     agreed += 1;
                 } else {
@@ -488,7 +467,7 @@ fn the_review_reader_sees_what_the_api_servers_decoder_sees_or_refuses() {
                     let evil = |images: &Option<Vec<(String, String)>>| {
                         images.iter().flatten().any(|(_, image)| image == EVIL)
                     };
-                    if evil(&go.object) || evil(&go.old_object) {
+                    if evil(&go.seen.object) || evil(&go.seen.old_object) {
                         evil_seen_by_go_refused += 1;
                     }
                 }

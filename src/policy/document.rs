@@ -1,7 +1,7 @@
 //! The policy document as admins write it (YAML or JSON), decoded field by field so that every
 //! problem is reported at once, each with its field path and line.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use super::pattern::RegistryPattern;
 use super::registry_type::RegistryType;
@@ -59,6 +59,23 @@ impl Problems {
 
 /// Decodes and validates a policy document.
 pub fn parse(text: &str) -> Result<Policy, PolicyError> {
+    // A policy written as JSON is read by the JSON reader, ten times faster than YAML's. Only
+    // its strings have exact lines, so a policy with problems is read again as YAML (JSON is
+    // YAML), and each problem points at its line. Warnings are all about strings.
+    if let Some(root) = yaml::parse_json_document(text) {
+        let mut problems = Problems::default();
+        if let Some(mut policy) = decode_policy(&root, &mut problems) {
+            if problems.0.is_empty() {
+                policy.warnings = problems.1;
+                return Ok(policy);
+            }
+        }
+    }
+    parse_yaml(text)
+}
+
+/// Decodes and validates a policy document with the YAML reader, whose lines are exact.
+fn parse_yaml(text: &str) -> Result<Policy, PolicyError> {
     let documents = yaml::parse_documents(text).map_err(|e| PolicyError {
         problems: vec![Problem {
             field: "(document)".into(),
@@ -96,42 +113,95 @@ fn one_problem(field: &str, line: Option<usize>, message: &str) -> PolicyError {
     PolicyError { problems: vec![Problem { field: field.into(), line, message: message.into() }] }
 }
 
-/// A mapping's fields, with the field path they sit at.
-struct Fields<'n> {
-    path: String,
-    line: usize,
-    entries: &'n [(Node, Node)],
+/// Where a mapping sits in the document, written out only when a problem names it: a policy
+/// of 10,000 entries has no reason to format 10,000 paths.
+#[derive(Clone, Copy)]
+enum Path<'p> {
+    /// A field path as text: `""` for the document itself, `tagRules`.
+    Text(&'p str),
+    /// An item of one of the document's lists: `registries[3]`.
+    Item(&'static str, usize),
 }
 
-impl<'n> Fields<'n> {
-    /// Reads `node` as a mapping whose keys are all among `known`.
-    fn of(node: &'n Node, path: &str, known: &[&str], problems: &mut Problems) -> Option<Self> {
+impl Path<'_> {
+    fn join(self, name: &str) -> String {
+        match self {
+            Path::Text(path) => join(path, name),
+            Path::Item(list, index) => format!("{list}[{index}].{name}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Text(path) => f.write_str(path),
+            Path::Item(list, index) => write!(f, "{list}[{index}]"),
+        }
+    }
+}
+
+impl<'p> From<&'p str> for Path<'p> {
+    fn from(path: &'p str) -> Self {
+        Path::Text(path)
+    }
+}
+
+/// A mapping's fields, with the field path they sit at.
+struct Fields<'n, 'p> {
+    path: Path<'p>,
+    line: usize,
+    entries: &'n [(Node<'n>, Node<'n>)],
+}
+
+impl<'n, 'p> Fields<'n, 'p> {
+    /// Reads `node` as a mapping whose keys are all among `known` (at most 64).
+    fn of(
+        node: &'n Node<'n>,
+        path: impl Into<Path<'p>>,
+        known: &[&str],
+        problems: &mut Problems,
+    ) -> Option<Self> {
+        let path = path.into();
         let Value::Mapping(entries) = &node.value else {
-            problems.add(path, node.line, format!("must be a mapping, not {}", node.kind_name()));
+            problems.add(
+                &path.to_string(),
+                node.line,
+                format!("must be a mapping, not {}", node.kind_name()),
+            );
             return None;
         };
-        let mut seen = Vec::new();
-        for (key, _) in entries {
+        debug_assert!(known.len() <= 64);
+        let mut seen_known = 0u64;
+        for (i, (key, _)) in entries.iter().enumerate() {
             let Some(name) = key.as_str() else {
-                problems.add(path, key.line, "has a key that is not a string");
+                problems.add(&path.to_string(), key.line, "has a key that is not a string");
                 continue;
             };
-            if seen.contains(&name) {
-                problems.add(&join(path, name), key.line, "is given twice");
+            let twice = match known.iter().position(|k| *k == name) {
+                Some(k) => {
+                    let bit = 1u64 << k;
+                    let twice = seen_known & bit != 0;
+                    seen_known |= bit;
+                    twice
+                }
+                None => entries[..i].iter().any(|(earlier, _)| earlier.as_str() == Some(name)),
+            };
+            if twice {
+                problems.add(&path.join(name), key.line, "is given twice");
             }
-            seen.push(name);
             if !known.contains(&name) {
                 let message = match closest(name, known) {
                     Some(close) => format!("is not a known field (did you mean {close:?}?)"),
                     None => format!("is not a known field (known: {})", known.join(", ")),
                 };
-                problems.add(&join(path, name), key.line, message);
+                problems.add(&path.join(name), key.line, message);
             }
         }
-        Some(Fields { path: path.to_owned(), line: node.line, entries })
+        Some(Fields { path, line: node.line, entries })
     }
 
-    fn get(&self, name: &str) -> Option<&'n Node> {
+    fn get(&self, name: &str) -> Option<&'n Node<'n>> {
         self.entries
             .iter()
             .find(|(key, _)| key.as_str() == Some(name))
@@ -140,7 +210,7 @@ impl<'n> Fields<'n> {
     }
 
     fn field_path(&self, name: &str) -> String {
-        join(&self.path, name)
+        self.path.join(name)
     }
 
     fn string(&self, name: &str, problems: &mut Problems) -> Option<&'n str> {
@@ -168,7 +238,7 @@ impl<'n> Fields<'n> {
         }
     }
 
-    fn list(&self, name: &str, problems: &mut Problems) -> Option<(&'n [Node], usize)> {
+    fn list(&self, name: &str, problems: &mut Problems) -> Option<(&'n [Node<'n>], usize)> {
         let node = self.get(name)?;
         match &node.value {
             Value::Sequence(items) => Some((items, node.line)),
@@ -331,8 +401,12 @@ fn decode_policy(root: &Node, problems: &mut Problems) -> Option<Policy> {
 
     let registries = match fields.list("registries", problems) {
         Some((items, _)) => {
-            check_unique_registries(items, problems);
-            items.iter().enumerate().filter_map(|(i, item)| decode_registry(item, i, problems)).collect()
+            let mut seen = SeenRegistries::with_capacity(items.len());
+            items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| decode_registry(item, i, &mut seen, problems))
+                .collect()
         }
         None => {
             if fields.get("registries").is_none() {
@@ -370,11 +444,16 @@ fn decode_policy(root: &Node, problems: &mut Problems) -> Option<Policy> {
     ))
 }
 
-fn decode_registry(node: &Node, index: usize, problems: &mut Problems) -> Option<Registry> {
-    let path = format!("registries[{index}]");
-    let fields = Fields::of(node, &path, REGISTRY_FIELDS, problems)?;
+fn decode_registry<'n>(
+    node: &'n Node<'n>,
+    index: usize,
+    seen: &mut SeenRegistries<'n>,
+    problems: &mut Problems,
+) -> Option<Registry> {
+    let fields = Fields::of(node, Path::Item("registries", index), REGISTRY_FIELDS, problems)?;
     let name = fields.required_string("name", problems);
     if let Some((name, line)) = name {
+        seen.name(name, index, line, problems);
         if !is_dns_label(name) {
             problems.add(
                 &fields.field_path("name"),
@@ -399,14 +478,14 @@ fn decode_registry(node: &Node, index: usize, problems: &mut Problems) -> Option
     });
     let url = fields.required_string("url", problems);
     let pattern = url.and_then(|(text, line)| {
-        let url_path = fields.field_path("url");
         let pattern = RegistryPattern::parse(text)
-            .map_err(|e| problems.add(&url_path, line, format!("{text:?} {e}")))
+            .map_err(|e| problems.add(&fields.field_path("url"), line, format!("{text:?} {e}")))
             .ok()?;
+        seen.url(&pattern, index, line, problems);
         if let Some(registry_type) = registry_type {
             if let Err(expected) = registry_type.check_host(&pattern.host) {
                 problems.add(
-                    &url_path,
+                    &fields.field_path("url"),
                     line,
                     format!("{text:?} does not fit type {registry_type}: {expected}"),
                 );
@@ -668,8 +747,7 @@ fn decode_requirement(node: &Node, path: &str, problems: &mut Problems) -> Optio
 }
 
 fn decode_deny(node: &Node, index: usize, problems: &mut Problems) -> Option<DenyRule> {
-    let path = format!("deny[{index}]");
-    let fields = Fields::of(node, &path, DENY_FIELDS, problems)?;
+    let fields = Fields::of(node, Path::Item("deny", index), DENY_FIELDS, problems)?;
     let (url, line) = fields.required_string("url", problems)?;
     let reason = fields.string("reason", problems).map(str::to_owned);
     match RegistryPattern::parse(url) {
@@ -685,8 +763,8 @@ fn decode_deny(node: &Node, index: usize, problems: &mut Problems) -> Option<Den
 /// image there); always `expires` and `reason`. An expired one is kept (it explains denials) and
 /// warned about.
 fn decode_exception(node: &Node, index: usize, problems: &mut Problems) -> Option<Exception> {
-    let path = format!("exceptions[{index}]");
-    let fields = Fields::of(node, &path, EXCEPTION_FIELDS, problems)?;
+    let path = Path::Item("exceptions", index);
+    let fields = Fields::of(node, path, EXCEPTION_FIELDS, problems)?;
     let image = fields
         .string("image", problems)
         .map(|text| (text, fields.get("image").map_or(fields.line, |n| n.line)));
@@ -705,7 +783,7 @@ fn decode_exception(node: &Node, index: usize, problems: &mut Problems) -> Optio
     });
     let subject = match (image, repository) {
         (Some(_), Some((_, line))) => {
-            problems.add(&path, line, "names both an image and a repository; give one");
+            problems.add(&path.to_string(), line, "names both an image and a repository; give one");
             None
         }
         (Some((text, line)), None) => match crate::image::Reference::parse(text) {
@@ -742,7 +820,7 @@ fn decode_exception(node: &Node, index: usize, problems: &mut Problems) -> Optio
         (None, None) if namespaces.is_some() => Some(ExceptionSubject::Namespaces),
         (None, None) => {
             problems.add(
-                &path,
+                &path.to_string(),
                 node.line,
                 "admits nothing: give an image, a repository, or namespaces (every image there)",
             );
@@ -784,38 +862,37 @@ fn decode_exception(node: &Node, index: usize, problems: &mut Problems) -> Optio
     })
 }
 
-/// Names label metrics and URLs decide which entry's secret is injected: neither may repeat.
-/// Checked on the raw entries, so that an entry with another problem is still compared.
-fn check_unique_registries(items: &[Node], problems: &mut Problems) {
-    let mut names: HashMap<&str, usize> = HashMap::new();
-    let mut urls: HashMap<RegistryPattern, usize> = HashMap::new();
-    for (i, item) in items.iter().enumerate() {
-        let Value::Mapping(entries) = &item.value else {
-            continue;
-        };
-        let field = |name: &str| entries.iter().find(|(k, _)| k.as_str() == Some(name)).map(|(_, v)| v);
-        if let Some(node) = field("name") {
-            if let Some(first) = node.as_str().and_then(|name| names.insert(name, i)) {
-                problems.add(
-                    &format!("registries[{i}].name"),
-                    node.line,
-                    format!("repeats the name of registries[{first}]"),
-                );
-            }
+/// The names and URLs of the entries decoded so far. Names label metrics and URLs decide which
+/// entry's secret is injected: neither may repeat. Each entry is checked as soon as its name or
+/// URL is read, so that an entry with another problem is still compared, and a repeat is told
+/// the first entry it repeats.
+struct SeenRegistries<'n> {
+    names: HashMap<&'n str, usize>,
+    urls: HashMap<RegistryPattern, usize>,
+}
+
+impl<'n> SeenRegistries<'n> {
+    fn with_capacity(entries: usize) -> Self {
+        SeenRegistries {
+            names: HashMap::with_capacity_and_hasher(entries, Default::default()),
+            urls: HashMap::with_capacity_and_hasher(entries, Default::default()),
         }
-        if let Some(node) = field("url") {
-            let pattern = node.as_str().and_then(|url| RegistryPattern::parse(url).ok());
-            if let Some((pattern, first)) =
-                pattern.and_then(|p| urls.insert(p.clone(), i).map(|first| (p, first)))
-            {
-                problems.add(
-                    &format!("registries[{i}].url"),
-                    node.line,
-                    format!(
-                        "{pattern} is the same registry as registries[{first}].url; merge the two entries"
-                    ),
-                );
-            }
+    }
+
+    fn name(&mut self, name: &'n str, index: usize, line: usize, problems: &mut Problems) {
+        let first = *self.names.entry(name).or_insert(index);
+        if first != index {
+            let message = format!("repeats the name of registries[{first}]");
+            problems.add(&Path::Item("registries", index).join("name"), line, message);
+        }
+    }
+
+    fn url(&mut self, pattern: &RegistryPattern, index: usize, line: usize, problems: &mut Problems) {
+        let first = *self.urls.entry(pattern.clone()).or_insert(index);
+        if first != index {
+            let message =
+                format!("{pattern} is the same registry as registries[{first}].url; merge the two entries");
+            problems.add(&Path::Item("registries", index).join("url"), line, message);
         }
     }
 }
@@ -831,4 +908,111 @@ pub fn is_dns_label(name: &str) -> bool {
 /// RFC 1123 subdomain: what Secret names are made of.
 pub fn is_dns_subdomain(name: &str) -> bool {
     name.len() <= 253 && name.split('.').all(is_dns_label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a policy holds, lines and compiled index aside.
+    fn contents(policy: &Policy) -> String {
+        let registries: Vec<_> =
+            policy.registries.iter().map(|r| Registry { line: 0, ..r.clone() }).collect();
+        let exceptions: Vec<_> =
+            policy.exceptions.iter().map(|e| Exception { line: 0, ..e.clone() }).collect();
+        format!(
+            "{:?} {:?} {:?} {registries:?} {:?} {:?} {exceptions:?} {:?}",
+            policy.mode,
+            policy.short_name_host,
+            policy.exempt_namespaces,
+            policy.deny,
+            policy.tag_rules,
+            policy.warnings
+        )
+    }
+
+    fn example(name: &str) -> String {
+        std::fs::read_to_string(format!("{}/policy/{name}", env!("CARGO_MANIFEST_DIR"))).expect(name)
+    }
+
+    fn as_json(yaml: &str, pretty: bool) -> String {
+        let json = yaml::parse_documents(yaml).expect("YAML")[0].to_json();
+        if pretty { serde_json::to_string_pretty(&json) } else { serde_json::to_string(&json) }.expect("JSON")
+    }
+
+    #[test]
+    fn json_policies_read_as_their_yaml() {
+        for name in ["default.yaml", "example-all-types.yaml"] {
+            let yaml = example(name);
+            let from_yaml = parse_yaml(&yaml).expect(name);
+            for pretty in [false, true] {
+                let json = as_json(&yaml, pretty);
+                assert!(yaml::parse_json_document(&json).is_some(), "{name}: read as JSON");
+                let from_json = parse(&json).expect(name);
+                assert_eq!(contents(&from_json), contents(&from_yaml), "{name}");
+                if !pretty {
+                    let lines: Vec<_> = from_json.registries.iter().map(|r| r.line).collect();
+                    assert!(lines.iter().all(|&line| line == 1), "{name}: one line, {lines:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn names_and_urls_may_not_repeat() {
+        let text = "apiVersion: registry-gate.io/v1
+kind: RegistryPolicy
+registries:
+- {name: acme, type: GHCR, url: ghcr.io/acme, pullSecret: ghcr}
+- {name: acme, type: GHCR, url: ghcr.io/other}
+- {name: copy, type: Quay, url: 'https://GHCR.io/acme/'}
+- name: typo
+  type: GHRC
+  url: ghcr.io/acme
+";
+        let error = parse(text).expect_err("repeats");
+        let found: Vec<_> = error.problems.iter().map(|p| (p.field.as_str(), p.line)).collect();
+        assert_eq!(
+            found,
+            [
+                ("registries[1].name", Some(5)),
+                ("registries[2].url", Some(6)),
+                ("registries[3].type", Some(8)),
+                ("registries[3].url", Some(9)),
+            ],
+            "{error}"
+        );
+        assert!(error.problems[0].message.contains("repeats the name of registries[0]"), "{error}");
+        let same = |p: &Problem| p.message.contains("ghcr.io/acme is the same registry as registries[0].url");
+        assert_eq!(error.problems.iter().filter(|p| same(p)).count(), 2, "{error}");
+    }
+
+    #[test]
+    fn problems_in_json_policies_keep_their_lines() {
+        let text = r#"{
+  "apiVersion": "registry-gate.io/v1",
+  "kind": "RegistryPolicy",
+  "registries": [
+    {"name": "hub", "type": "Public", "url": "docker.io/library"},
+    {
+      "name": "acme",
+      "type": "GHCR",
+      "url": "ghcr.io/acme/*",
+      "pullSecret": "ghcr"
+    },
+    {"name": "acr", "type": "ACR",
+     "url": "*.azurecr.io", "pullSecret": "acr"}
+  ]
+}
+"#;
+        assert!(yaml::parse_json_document(text).is_some());
+        let error = parse(text).expect_err("a wildcard in a path");
+        let [problem] = error.problems.as_slice() else { panic!("one problem: {error}") };
+        assert_eq!((problem.field.as_str(), problem.line), ("registries[1].url", Some(9)), "{error}");
+
+        let valid = text.replace("ghcr.io/acme/*", "ghcr.io/acme");
+        let policy = parse(&valid).expect("valid");
+        let [warning] = policy.warnings.as_slice() else { panic!("one warning: {:?}", policy.warnings) };
+        assert_eq!((warning.field.as_str(), warning.line), ("registries[2].pullSecret", Some(13)));
+    }
 }

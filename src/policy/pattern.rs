@@ -68,9 +68,9 @@ impl HostPattern {
         let key = canonical_host(host, &mut buf).ok_or("is longer than any registry host can be")?;
         let is_ipv6 = key.starts_with('[');
         let name_len = if is_ipv6 {
-            key.find(']').map_or(key.len(), |end| end + 1)
+            grammar::find_byte(key, b']').map_or(key.len(), |end| end + 1)
         } else {
-            key.find(':').unwrap_or(key.len())
+            grammar::find_byte(key, b':').unwrap_or(key.len())
         };
         let (name, port) = key.split_at(name_len);
         if !port.is_empty() {
@@ -79,20 +79,38 @@ impl HostPattern {
                 return Err(format!("has port {digits:?}, which is not a port number (1-65535)"));
             }
         }
-        let labels: Vec<&str> = if is_ipv6 { vec![name] } else { name.split('.').collect() };
+        let mut labels = 0;
         let mut wildcards = 0u64;
-        for (from_right, label) in labels.iter().rev().enumerate() {
-            if *label == "*" {
-                if from_right >= 64 {
-                    return Err("has too many labels".into());
+        if !is_ipv6 {
+            // Bytes, not `str::rsplit`, whose char searcher costs more than the rest of the parse.
+            for (from_right, label) in name.as_bytes().rsplit(|&b| b == b'.').enumerate() {
+                labels += 1;
+                if label == b"*" {
+                    if from_right >= 64 {
+                        return Err("has too many labels".into());
+                    }
+                    wildcards |= 1 << from_right;
+                } else if label.contains(&b'*') {
+                    let label = String::from_utf8_lossy(label);
+                    return Err(format!(
+                        "has {label:?}: a wildcard must be a whole label, as in *.example.com"
+                    ));
                 }
-                wildcards |= 1 << from_right;
-            } else if label.contains('*') {
-                return Err(format!("has {label:?}: a wildcard must be a whole label, as in *.example.com"));
             }
+        } else {
+            if grammar::find_byte(name, b'*').is_some() {
+                return Err(format!("has {name:?}: a wildcard must be a whole label, as in *.example.com"));
+            }
+            labels = 1;
         }
-        let fixed = labels.len() - wildcards.count_ones() as usize;
-        if wildcards != 0 && fixed < MIN_FIXED_LABELS {
+        if wildcards == 0 {
+            if !grammar::is_domain_and_port(key) {
+                return Err("is not a valid host name[:port]".into());
+            }
+            return Ok(HostPattern { key: key.into(), name_len, wildcards, labels });
+        }
+        let fixed = labels - wildcards.count_ones() as usize;
+        if fixed < MIN_FIXED_LABELS {
             return Err(format!(
                 "is too broad: a wildcard host must fix at least {MIN_FIXED_LABELS} labels, as in *.azurecr.io"
             ));
@@ -102,12 +120,13 @@ impl HostPattern {
         if !grammar::is_domain_and_port(&as_host) {
             return Err("is not a valid host name[:port]".into());
         }
-        if let Some(suffix) = public_suffix_after_wildcard(&labels) {
+        let name_labels: Vec<&str> = name.split('.').collect();
+        if let Some(suffix) = public_suffix_after_wildcard(&name_labels) {
             return Err(format!(
                 "is too broad: {suffix} is a public suffix, so the * before it is any domain anyone can register"
             ));
         }
-        Ok(HostPattern { key: key.into(), name_len, wildcards, labels: labels.len() })
+        Ok(HostPattern { key: key.into(), name_len, wildcards, labels })
     }
 
     /// Whether a canonical host is this one, or fits this wildcard.
@@ -273,7 +292,12 @@ impl RegistryPattern {
         if url.trim().is_empty() {
             return Err("is empty; an entry that allows every registry is not allowed".into());
         }
-        if url.chars().any(char::is_whitespace) {
+        let has_white_space = if url.is_ascii() {
+            url.bytes().any(|b| b.is_ascii_whitespace() || b == 0x0B)
+        } else {
+            url.chars().any(char::is_whitespace)
+        };
+        if has_white_space {
             return Err("contains white space".into());
         }
         let without_scheme = ["https://", "http://"]

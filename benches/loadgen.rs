@@ -14,6 +14,11 @@
 //!   and certificate rotation every second under load, then SIGTERM under load; see
 //!   `loadgen/churn.rs`. Writes `target/loadgen-churn.md`.
 //!
+//! - `cargo bench --bench loadgen -- hold` (or `LOADGEN_MODE=hold`): for profiling, no report:
+//!   starts both servers, prints their process ids, then drives each in turn with one closed
+//!   loop of `LOADGEN_CONCURRENCY` workers (16) for `LOADGEN_SECONDS` seconds (20), so that
+//!   `perf record -p PID` can be attached to a server under a steady load.
+//!
 //! The built binary takes the same words: `target/release/deps/loadgen-HASH abuse`.
 //!
 //! What it does, all on 127.0.0.1, every loop bounded in time and count:
@@ -94,6 +99,8 @@ fn main() -> ExitCode {
         abuse::run()
     } else if chosen("churn") {
         churn::run()
+    } else if chosen("hold") {
+        hold()
     } else {
         run()
     };
@@ -164,6 +171,38 @@ fn run() -> anyhow::Result<u64> {
     println!("{text}");
     let out = report::write(&text)?;
     eprintln!("loadgen: wrote {} in {:.0} s", out.display(), started.elapsed().as_secs_f64());
+    if errors == 0 {
+        workspace.clean_finish();
+    }
+    Ok(errors)
+}
+
+/// `hold` mode: each server under one long closed loop, for a profiler to attach to.
+fn hold() -> anyhow::Result<u64> {
+    let setting = |name: &str, default: u64| -> anyhow::Result<u64> {
+        std::env::var(name).map_or(Ok(default), |v| v.parse().with_context(|| format!("{name}={v}")))
+    };
+    let concurrency = usize::try_from(setting("LOADGEN_CONCURRENCY", 16)?)?;
+    let measure = Duration::from_secs(setting("LOADGEN_SECONDS", 20)?);
+    let workspace = Workspace::create()?;
+    let files = setup::prepare(&workspace)?;
+    let body = Bytes::from(fs::read(&files.review)?);
+    let mut servers =
+        [servers::start_registry_gate(&workspace, &files)?, servers::start_baseline(&workspace, &files)?];
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the client runtime")?;
+    let mut errors = 0;
+    for server in &mut servers {
+        let target = Arc::new(client::Target::new(server.addr, &files.ca, body.clone())?);
+        eprintln!(
+            "loadgen: hold: {} pid {}, {concurrency} workers for {measure:?}",
+            server.name,
+            server.pid()
+        );
+        let result = runtime.block_on(load::closed_loop_for(target, server, concurrency, measure))?;
+        eprintln!("loadgen: {}", result.summary());
+        server.ensure_running()?;
+        errors += result.errors;
+    }
     if errors == 0 {
         workspace.clean_finish();
     }
@@ -1108,7 +1147,11 @@ mod load {
 
     impl Window {
         fn after_warmup(now: Instant) -> Self {
-            Window { start: now + WARMUP, end: now + WARMUP + MEASURE }
+            Window::after_warmup_for(now, MEASURE)
+        }
+
+        fn after_warmup_for(now: Instant, measure: Duration) -> Self {
+            Window { start: now + WARMUP, end: now + WARMUP + measure }
         }
     }
 
@@ -1173,13 +1216,23 @@ mod load {
         server: &servers::ServerProcess,
         concurrency: usize,
     ) -> anyhow::Result<RunResult> {
+        closed_loop_for(target, server, concurrency, MEASURE).await
+    }
+
+    /// [`closed_loop`], measured for `measure` after the warm-up.
+    pub async fn closed_loop_for(
+        target: Arc<client::Target>,
+        server: &servers::ServerProcess,
+        concurrency: usize,
+        measure: Duration,
+    ) -> anyhow::Result<RunResult> {
         // Handshakes happen before the clock starts: they are not what is measured.
         let mut connections = Vec::with_capacity(concurrency);
         for _ in 0..concurrency {
             connections
                 .push(target.connect().await.with_context(|| format!("cannot connect to {}", server.name))?);
         }
-        let window = Window::after_warmup(Instant::now());
+        let window = Window::after_warmup_for(Instant::now(), measure);
         let workers: Vec<_> = connections
             .into_iter()
             .map(|connection| tokio::spawn(closed_loop_worker(target.clone(), connection, window)))
@@ -1192,7 +1245,7 @@ mod load {
         for worker in workers {
             stats.merge(worker.await?);
         }
-        Ok(result(server.name, concurrency, None, &stats, MEASURE, &before, &after))
+        Ok(result(server.name, concurrency, None, &stats, measure, &before, &after))
     }
 
     async fn closed_loop_worker(

@@ -31,7 +31,7 @@ pub struct Metrics {
     registry: Registry,
     /// `registry_gate_admission_requests_total{operation,kind,result}`; result is allowed,
     /// denied, audited, exempt or error.
-    pub requests: IntCounterVec,
+    pub requests: RequestCounters,
     /// `registry_gate_image_decisions_total{registry,decision}`.
     image_decisions: IntCounterVec,
     /// `registry_gate_pull_secret_injections_total{registry}`.
@@ -59,6 +59,53 @@ pub struct Metrics {
     /// `registry_gate_tls_certificate_expiry_timestamp_seconds`: when the serving certificate in
     /// use expires, set at every load and reload.
     pub tls_certificate_expiry: IntGauge,
+}
+
+/// `registry_gate_admission_requests_total`, counted once per review. The label sets the server
+/// uses are few and fixed, so each is resolved on first use and kept: counting is then one
+/// atomic add, with no label hashing and no read of the vector's lock (whose count both cores
+/// would otherwise write on every review).
+#[derive(Clone)]
+pub struct RequestCounters {
+    counters: IntCounterVec,
+    resolved: std::sync::Arc<[OnceLock<IntCounter>]>,
+}
+
+/// The labels [`RequestCounters`] keeps resolved; any other is looked up each time.
+const REQUEST_OPERATIONS: [&str; 6] = ["CREATE", "UPDATE", "DELETE", "CONNECT", "other", "unknown"];
+const REQUEST_KINDS: [&str; 11] = [
+    "Pod",
+    "Deployment",
+    "ReplicaSet",
+    "StatefulSet",
+    "DaemonSet",
+    "Job",
+    "CronJob",
+    "ReplicationController",
+    "ConfigMap",
+    "other",
+    "unknown",
+];
+const REQUEST_RESULTS: [&str; 5] = ["allowed", "denied", "audited", "exempt", "error"];
+
+impl RequestCounters {
+    fn new(counters: IntCounterVec) -> Self {
+        let size = REQUEST_OPERATIONS.len() * REQUEST_KINDS.len() * REQUEST_RESULTS.len();
+        RequestCounters { counters, resolved: (0..size).map(|_| OnceLock::new()).collect() }
+    }
+
+    /// One review answered.
+    pub fn inc(&self, operation: &str, kind: &str, result: &str) {
+        let at = |labels: &[&str], label: &str| labels.iter().position(|known| *known == label);
+        let labels = [operation, kind, result];
+        match (at(&REQUEST_OPERATIONS, operation), at(&REQUEST_KINDS, kind), at(&REQUEST_RESULTS, result)) {
+            (Some(o), Some(k), Some(r)) => {
+                let index = (o * REQUEST_KINDS.len() + k) * REQUEST_RESULTS.len() + r;
+                self.resolved[index].get_or_init(|| self.counters.with_label_values(&labels)).inc();
+            }
+            _ => self.counters.with_label_values(&labels).inc(),
+        }
+    }
 }
 
 /// Counters of one policy's registries, each resolved on first use and then only added to.
@@ -223,7 +270,7 @@ impl Metrics {
         }
         Metrics {
             registry,
-            requests,
+            requests: RequestCounters::new(requests),
             image_decisions,
             injections,
             duration,

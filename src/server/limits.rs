@@ -38,20 +38,19 @@
 //! closes (the map holds an entry per address with a connection open, so at most
 //! `max_connections` entries). A request takes no lock of its own: one compare-and-swap on its
 //! client's counter beside the budget's semaphore (whose release takes tokio's own short
-//! lock, as before), an `Arc` cloned into the request's extensions (an atomic add and one small
-//! allocation) and taken out again by the middleware, and one atomic subtraction when it ends.
+//! lock, as before), the counter's and the semaphore's `Arc`s cloned into what the request
+//! holds (an atomic add each), and one atomic subtraction each when it ends. Both are taken in
+//! the connection's service ([`Tracked`]), before the router.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::MAX_BODY_BYTES;
@@ -113,8 +112,7 @@ impl BodyBudget {
     }
 }
 
-/// Bytes of request bodies one client holds, across its connections. Cloned into every
-/// request of the client's connections (as a request extension).
+/// Bytes of request bodies one client holds, across its connections.
 #[derive(Clone, Default)]
 pub(super) struct ClientBodies(Arc<AtomicUsize>);
 
@@ -174,58 +172,83 @@ impl Drop for ClientLease {
     }
 }
 
-/// 503 with `Retry-After: 1`: the body memory is in use, by everyone or by this client.
-fn busy(metrics: &Metrics, over_client_share: bool) -> Response {
-    metrics.requests_shed.inc();
-    let text = if over_client_share {
-        metrics.requests_shed_per_client.inc();
-        "registry-gate is busy reading other requests from this client\n"
-    } else {
-        "registry-gate is busy reading other requests\n"
-    };
-    let retry = [(header::RETRY_AFTER, HeaderValue::from_static("1"))];
-    (StatusCode::SERVICE_UNAVAILABLE, retry, text).into_response()
+/// Why a request's body was not reserved: the answer it gets instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// 413: the declared body is larger than any review.
+    TooLarge,
+    /// 503 with `Retry-After: 1`: the body memory is in use, by everyone or by this client.
+    Busy { over_client_share: bool },
 }
 
-/// Middleware: reserves a request's body size from its client's share and from the budget
-/// before the body is read.
-pub(super) async fn reserve_body(
-    State(budget): State<BodyBudget>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-    let size = match declared {
-        Some(length) if length > MAX_BODY_BYTES as u64 => {
-            return (StatusCode::PAYLOAD_TOO_LARGE, "the body is larger than 3 MiB\n").into_response();
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::TooLarge => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "the body is larger than 3 MiB\n").into_response()
+            }
+            Refusal::Busy { over_client_share } => {
+                let text = if over_client_share {
+                    "registry-gate is busy reading other requests from this client\n"
+                } else {
+                    "registry-gate is busy reading other requests\n"
+                };
+                let retry = [(header::RETRY_AFTER, HeaderValue::from_static("1"))];
+                (StatusCode::SERVICE_UNAVAILABLE, retry, text).into_response()
+            }
         }
-        Some(length) => length as u32,
-        // Chunked or undeclared: it may be as large as any body can be.
-        None => MAX_BODY_BYTES as u32,
-    };
-    // Every connection's requests carry their client (`Tracked`); a request without one (none
-    // in the server) is bounded by the budget alone.
-    let _client_hold = match request.extensions_mut().remove::<ClientBodies>() {
-        Some(client) => match client.reserve(size as usize, budget.share) {
-            Some(hold) => Some(hold),
-            None => return busy(&budget.metrics, true),
-        },
-        None => None,
-    };
-    // Dropping `_client_hold` on this early return gives the client's bytes back.
-    let Ok(_reservation) = budget.bytes.try_acquire_many(size) else {
-        return busy(&budget.metrics, false);
-    };
-    next.run(request).await
+    }
+}
+
+/// What a request holds of the body budget and of its client's share, given back when dropped
+/// (when its answer is ready).
+pub(super) struct BodyHold {
+    _client: ClientHold,
+    _budget: OwnedSemaphorePermit,
+}
+
+impl BodyBudget {
+    /// Reserves a request's body size, as its `Content-Length` declares it (the largest body when
+    /// it declares none), from its client's share and from the budget, before the body is read;
+    /// or the answer to give instead: 413 for a declared size over the limit, 503 when either
+    /// is in use.
+    pub(super) fn reserve(&self, client: &ClientBodies, headers: &HeaderMap) -> Result<BodyHold, Refusal> {
+        let declared =
+            headers.get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        let size = match declared {
+            Some(length) if length > MAX_BODY_BYTES as u64 => {
+                return Err(Refusal::TooLarge);
+            }
+            Some(length) => length as u32,
+            // Chunked or undeclared: it may be as large as any body can be.
+            None => MAX_BODY_BYTES as u32,
+        };
+        let Some(client) = client.clone().reserve(size as usize, self.share) else {
+            return Err(self.shed(true));
+        };
+        // Dropping `client` on this early return gives the client's bytes back.
+        let Ok(budget) = self.bytes.clone().try_acquire_many_owned(size) else {
+            return Err(self.shed(false));
+        };
+        Ok(BodyHold { _client: client, _budget: budget })
+    }
+
+    /// A request shed because the body memory is in use, counted.
+    fn shed(&self, over_client_share: bool) -> Refusal {
+        self.metrics.requests_shed.inc();
+        if over_client_share {
+            self.metrics.requests_shed_per_client.inc();
+        }
+        Refusal::Busy { over_client_share }
+    }
 }
 
 /// What one connection is doing, shared by its service (which counts requests) and its
 /// watchdog (which closes it when idle).
 pub(super) struct Activity {
     opened: Instant,
+    /// The server's stopping flag: once set, every answer says `Connection: close`.
+    closing: Arc<AtomicBool>,
     in_flight: AtomicUsize,
     requests: AtomicU64,
     /// Milliseconds after `opened` when a request last started or ended.
@@ -233,9 +256,10 @@ pub(super) struct Activity {
 }
 
 impl Activity {
-    pub(super) fn new() -> Arc<Self> {
+    pub(super) fn new(closing: Arc<AtomicBool>) -> Arc<Self> {
         Arc::new(Activity {
             opened: Instant::now(),
+            closing,
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             last_change_ms: AtomicU64::new(0),
@@ -283,32 +307,50 @@ impl Drop for InFlight {
     }
 }
 
-/// A connection's service, counting its requests for the idle watchdog and handing each its
-/// client's share of the body budget.
+/// A connection's service: counts its requests for the idle watchdog, reserves each request's
+/// body from the budget and from its client's share before the body is read (answering 413 or
+/// 503 itself when it cannot), and once the server is stopping tells the client to close the
+/// connection (HTTP/1.1; hyper drops the header on HTTP/2, where GOAWAY does this).
+///
+/// This is done here, where each request already gets one boxed future, rather than in
+/// middleware of the router: each `from_fn` layer cost every request a clone of the services
+/// below it (boxes and, for the budget, its metrics: an atomic add and subtraction on each of a
+/// dozen counts both cores share), a boxed future and a request extension to carry the client.
 #[derive(Clone)]
 pub(super) struct Tracked<S> {
     pub(super) inner: S,
     pub(super) activity: Arc<Activity>,
     pub(super) client: ClientBodies,
+    pub(super) budget: BodyBudget,
 }
 
 impl<S, B> hyper::service::Service<hyper::Request<B>> for Tracked<S>
 where
-    S: hyper::service::Service<hyper::Request<B>>,
+    S: hyper::service::Service<hyper::Request<B>, Response = Response>,
     S::Future: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = Response;
     type Error = S::Error;
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
 
-    fn call(&self, mut request: hyper::Request<B>) -> Self::Future {
-        request.extensions_mut().insert(self.client.clone());
+    fn call(&self, request: hyper::Request<B>) -> Self::Future {
         let in_flight = self.activity.begin();
-        let answer = self.inner.call(request);
+        let answer =
+            self.budget.reserve(&self.client, request.headers()).map(|hold| (hold, self.inner.call(request)));
         Box::pin(async move {
-            let answer = answer.await;
+            let mut response = match answer {
+                Ok((hold, answer)) => {
+                    let response = answer.await?;
+                    drop(hold);
+                    response
+                }
+                Err(refusal) => refusal.into_response(),
+            };
+            if in_flight.0.closing.load(Ordering::Relaxed) {
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             drop(in_flight);
-            answer
+            Ok(response)
         })
     }
 }
@@ -377,12 +419,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_connection_is_idle_after_its_deadlines_and_never_mid_request() {
         let (first, idle_after) = (Duration::from_secs(5), Duration::from_secs(60));
-        let activity = Activity::new();
+        let activity = Activity::new(Arc::default());
         let opened = Instant::now();
         idle(&activity, first, idle_after).await;
         assert_eq!(Instant::now() - opened, first, "no request: closed after the first-request timeout");
 
-        let activity = Activity::new();
+        let activity = Activity::new(Arc::default());
         let request = activity.begin();
         let waiting = tokio::spawn({
             let activity = activity.clone();

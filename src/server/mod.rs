@@ -198,7 +198,7 @@ impl Server {
             in_use: self.options.in_use.clone(),
         });
         let closing = Arc::new(AtomicBool::new(false));
-        let webhook = webhook_router(state, budget.clone(), closing.clone(), self.options.request_timeout);
+        let webhook = webhook_router(state, self.options.request_timeout);
         let connections = Connections { budget, metrics, closing };
         serve_webhook(self.webhook, self.acceptor, webhook, &self.options, connections, stop_rx).await;
         let _ = operations.await;
@@ -219,19 +219,14 @@ struct WebhookState {
     in_use: InUseFeed,
 }
 
-fn webhook_router(
-    state: Arc<WebhookState>,
-    budget: limits::BodyBudget,
-    closing: Arc<AtomicBool>,
-    request_timeout: Duration,
-) -> Router {
+/// The webhook's routes. The body budget and `Connection: close` while stopping are applied
+/// before the router, by each connection's service ([`limits::Tracked`]).
+fn webhook_router(state: Arc<WebhookState>, request_timeout: Duration) -> Router {
     Router::new()
         .route("/validate", post(validate))
         .route("/mutate", post(mutate))
         .route("/validate-policy", post(validate_policy))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn_with_state(budget, limits::reserve_body))
-        .layer(axum::middleware::from_fn_with_state(closing, close_when_stopping))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
         .with_state(state)
 }
@@ -308,7 +303,7 @@ async fn serve_webhook(
         let (http1, http2) = (http1.clone(), http2.clone());
         let router = router.clone();
         let watcher = graceful.watcher();
-        let (metrics, budget) = (metrics.clone(), budget.clone());
+        let (metrics, budget, closing) = (metrics.clone(), budget.clone(), closing.clone());
         let (handshake_timeout, first_request_timeout, idle_timeout) =
             (options.handshake_timeout, options.header_timeout, options.idle_timeout);
         tokio::spawn(async move {
@@ -325,13 +320,14 @@ async fn serve_webhook(
                 }
             };
             let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") { http2 } else { http1 };
-            let activity = limits::Activity::new();
+            let activity = limits::Activity::new(closing);
             // The peer address of the accepted TCP connection, not anything the client says.
             let client = budget.client(peer.ip());
             let service = limits::Tracked {
                 inner: TowerToHyperService::new(router),
                 activity: activity.clone(),
                 client: client.bodies(),
+                budget,
             };
             let connection =
                 watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
@@ -362,20 +358,6 @@ async fn serve_webhook(
     if tokio::time::timeout(options.drain_timeout, graceful.shutdown()).await.is_err() {
         tracing::warn!(target: "registry_gate::server", "drain timed out; closing the remaining connections");
     }
-}
-
-/// Middleware: once the server is stopping, every answer tells its client to close the
-/// connection (HTTP/1.1; hyper drops the header on HTTP/2, where GOAWAY does this).
-async fn close_when_stopping(
-    State(closing): State<Arc<AtomicBool>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let mut response = next.run(request).await;
-    if closing.load(Ordering::Relaxed) {
-        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
 }
 
 /// What `/readyz` waits for: a policy, and the namespace labels when they are watched.
@@ -437,7 +419,7 @@ async fn validate_policy(State(state): State<Arc<WebhookState>>, body: Bytes) ->
         // policy), so a 400 would admit the edit: an unreadable object is denied instead.
         Err(ReviewError::UnreadableObject { uid, kind, name, detail, .. }) => {
             let answer = admission::unreadable(&uid, &kind, &name, &detail);
-            metrics.requests.with_label_values(&["unknown", "ConfigMap", answer.outcome.label()]).inc();
+            metrics.requests.inc("unknown", "ConfigMap", answer.outcome.label());
             return json_response(answer.response.to_review_json());
         }
         Err(e) => return malformed(metrics, &e),
@@ -455,8 +437,7 @@ async fn validate_policy(State(state): State<Arc<WebhookState>>, body: Bytes) ->
         Impact::of(&newly_refused(old, new, inventory, labels)).warning(inventory)
     };
     let review = admission::answer_policy_review(&request, impact);
-    let labels = [operation_label(request.operation()), "ConfigMap", review.answer.outcome.label()];
-    metrics.requests.with_label_values(&labels).inc();
+    metrics.requests.inc(operation_label(request.operation()), "ConfigMap", review.answer.outcome.label());
     // The Event is a side effect, so never for a dry run (the webhook says NoneOnDryRun), and
     // it does not hold up the answer.
     if let (false, Some(recorder)) =
@@ -508,7 +489,7 @@ pub fn review(store: &PolicyStore, namespaces: &NamespaceLabels, webhook: Webhoo
         Ok(request) => request,
         Err(ReviewError::UnreadableObject { uid, kind, name, detail, .. }) => {
             let answer = admission::unreadable(&uid, &kind, &name, &detail);
-            metrics.requests.with_label_values(&["unknown", kind_label(&kind), answer.outcome.label()]).inc();
+            metrics.requests.inc("unknown", kind_label(&kind), answer.outcome.label());
             return json_response(answer.response.to_review_json());
         }
         Err(e) => return malformed(metrics, &e),
@@ -519,7 +500,7 @@ pub fn review(store: &PolicyStore, namespaces: &NamespaceLabels, webhook: Webhoo
     let entry =
         snapshot.policy.uses_namespace_labels().then(|| namespaces.get(request.namespace())).flatten();
     let answer = admission::answer(webhook, request, snapshot, entry.as_ref().map(|e| e.labels()));
-    metrics.requests.with_label_values(&[operation, kind, answer.outcome.label()]).inc();
+    metrics.requests.inc(operation, kind, answer.outcome.label());
     let body = answer.response.to_review_json();
     metrics.duration.observe(started.elapsed().as_secs_f64());
     json_response(body)
@@ -527,7 +508,7 @@ pub fn review(store: &PolicyStore, namespaces: &NamespaceLabels, webhook: Webhoo
 
 /// A body that is not an AdmissionReview: 400 with the reason, counted as an error.
 fn malformed(metrics: &Metrics, error: &ReviewError) -> Response {
-    metrics.requests.with_label_values(&["unknown", "unknown", "error"]).inc();
+    metrics.requests.inc("unknown", "unknown", "error");
     (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response()
 }
 

@@ -73,7 +73,9 @@ pub struct RequestCounters {
 
 /// The labels [`RequestCounters`] keeps resolved; any other is looked up each time.
 const REQUEST_OPERATIONS: [&str; 6] = ["CREATE", "UPDATE", "DELETE", "CONNECT", "other", "unknown"];
-const REQUEST_KINDS: [&str; 11] = [
+/// Workload kinds named in the request counter; any other is counted as `other`, keeping the
+/// labels bounded.
+pub const COUNTED_KINDS: [&str; 8] = [
     "Pod",
     "Deployment",
     "ReplicaSet",
@@ -82,6 +84,16 @@ const REQUEST_KINDS: [&str; 11] = [
     "Job",
     "CronJob",
     "ReplicationController",
+];
+const REQUEST_KINDS: [&str; 11] = [
+    COUNTED_KINDS[0],
+    COUNTED_KINDS[1],
+    COUNTED_KINDS[2],
+    COUNTED_KINDS[3],
+    COUNTED_KINDS[4],
+    COUNTED_KINDS[5],
+    COUNTED_KINDS[6],
+    COUNTED_KINDS[7],
     "ConfigMap",
     "other",
     "unknown",

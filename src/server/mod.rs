@@ -453,18 +453,6 @@ async fn validate_policy(State(state): State<Arc<WebhookState>>, body: Bytes) ->
     json_response(review.answer.response.to_review_json())
 }
 
-/// Kinds named in the request counter; any other is counted as `other`, keeping labels bounded.
-const COUNTED_KINDS: [&str; 8] = [
-    "Pod",
-    "Deployment",
-    "ReplicaSet",
-    "StatefulSet",
-    "DaemonSet",
-    "Job",
-    "CronJob",
-    "ReplicationController",
-];
-
 /// The operation as a bounded metric label: anything unexpected is `other`.
 fn operation_label(operation: &str) -> &'static str {
     match operation {
@@ -517,5 +505,5 @@ fn json_response(body: Vec<u8>) -> Response {
 }
 
 fn kind_label(kind: &str) -> &'static str {
-    COUNTED_KINDS.into_iter().find(|k| *k == kind).unwrap_or("other")
+    crate::metrics::COUNTED_KINDS.into_iter().find(|k| *k == kind).unwrap_or("other")
 }

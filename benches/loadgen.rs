@@ -829,8 +829,9 @@ mod baseline {
         let router = Router::new().fallback(answer);
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         loop {
-            // No TCP_NODELAY, exactly as registry-gate: the two differ only in what they run.
             let Ok((stream, _)) = listener.accept().await else { continue };
+            // TCP_NODELAY, exactly as registry-gate: the two differ only in what they run.
+            let _ = stream.set_nodelay(true);
             let (acceptor, builder) = (acceptor.clone(), builder.clone());
             let service = TowerToHyperService::new(router.clone());
             // Handshakes run in their own task, as in registry-gate.

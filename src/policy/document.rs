@@ -1,6 +1,8 @@
 //! The policy document as admins write it (YAML or JSON), decoded field by field so that every
 //! problem is reported at once, each with its field path and line.
 
+use std::borrow::Cow;
+
 use foldhash::HashMap;
 
 use super::pattern::RegistryPattern;
@@ -214,7 +216,16 @@ impl<'n, 'p> Fields<'n, 'p> {
     }
 
     fn string(&self, name: &str, problems: &mut Problems) -> Option<&'n str> {
+        self.string_at(name, problems).map(|(text, _)| text)
+    }
+
+    /// The string and its line.
+    fn string_at(&self, name: &str, problems: &mut Problems) -> Option<(&'n str, usize)> {
         let node = self.get(name)?;
+        self.text_of(name, node, problems).map(|text| (text, node.line))
+    }
+
+    fn text_of(&self, name: &str, node: &'n Node<'n>, problems: &mut Problems) -> Option<&'n str> {
         match &node.value {
             Value::Scalar { text, .. } => Some(text),
             _ => {
@@ -230,7 +241,7 @@ impl<'n, 'p> Fields<'n, 'p> {
 
     fn required_string(&self, name: &str, problems: &mut Problems) -> Option<(&'n str, usize)> {
         match self.get(name) {
-            Some(node) => self.string(name, problems).map(|s| (s, node.line)),
+            Some(node) => self.text_of(name, node, problems).map(|s| (s, node.line)),
             None => {
                 problems.add(&self.field_path(name), self.line, "is required");
                 None
@@ -481,7 +492,7 @@ fn decode_registry<'n>(
         let pattern = RegistryPattern::parse(text)
             .map_err(|e| problems.add(&fields.field_path("url"), line, format!("{text:?} {e}")))
             .ok()?;
-        seen.url(&pattern, index, line, problems);
+        seen.url(&pattern, text, index, line, problems);
         if let Some(registry_type) = registry_type {
             if let Err(expected) = registry_type.check_host(&pattern.host) {
                 problems.add(
@@ -493,10 +504,10 @@ fn decode_registry<'n>(
         }
         Some(pattern)
     });
-    let pull_secret = fields.string("pullSecret", problems);
-    if let (Some(secret), Some(pattern)) = (pull_secret, &pattern) {
+    let pull_secret_at = fields.string_at("pullSecret", problems);
+    let pull_secret = pull_secret_at.map(|(secret, _)| secret);
+    if let (Some((secret, line)), Some(pattern)) = (pull_secret_at, &pattern) {
         if pattern.host.is_wildcard() {
-            let line = fields.get("pullSecret").map_or(fields.line, |n| n.line);
             problems.warn(
                 &fields.field_path("pullSecret"),
                 line,
@@ -507,8 +518,7 @@ fn decode_registry<'n>(
             );
         }
     }
-    if let (Some(secret), Some(registry_type)) = (pull_secret, registry_type) {
-        let line = fields.get("pullSecret").map_or(fields.line, |n| n.line);
+    if let (Some((secret, line)), Some(registry_type)) = (pull_secret_at, registry_type) {
         if !registry_type.takes_pull_secret() {
             problems.add(
                 &fields.field_path("pullSecret"),
@@ -868,7 +878,9 @@ fn decode_exception(node: &Node, index: usize, problems: &mut Problems) -> Optio
 /// the first entry it repeats.
 struct SeenRegistries<'n> {
     names: HashMap<&'n str, usize>,
-    urls: HashMap<RegistryPattern, usize>,
+    /// Keyed by each pattern's canonical form, borrowed from the document where the url is
+    /// written that way (most are): a 10,000-entry load then makes no copies here.
+    urls: HashMap<Cow<'n, str>, usize>,
 }
 
 impl<'n> SeenRegistries<'n> {
@@ -887,8 +899,20 @@ impl<'n> SeenRegistries<'n> {
         }
     }
 
-    fn url(&mut self, pattern: &RegistryPattern, index: usize, line: usize, problems: &mut Problems) {
-        let first = *self.urls.entry(pattern.clone()).or_insert(index);
+    fn url(
+        &mut self,
+        pattern: &RegistryPattern,
+        written: &'n str,
+        index: usize,
+        line: usize,
+        problems: &mut Problems,
+    ) {
+        let canonical = if pattern.is_written_as(written) {
+            Cow::Borrowed(written)
+        } else {
+            Cow::Owned(pattern.to_string())
+        };
+        let first = *self.urls.entry(canonical).or_insert(index);
         if first != index {
             let message =
                 format!("{pattern} is the same registry as registries[{first}].url; merge the two entries");
@@ -899,15 +923,20 @@ impl<'n> SeenRegistries<'n> {
 
 /// RFC 1123 label: what Kubernetes namespaces and metric-friendly names are made of.
 pub fn is_dns_label(name: &str) -> bool {
+    is_dns_label_bytes(name.as_bytes())
+}
+
+fn is_dns_label_bytes(name: &[u8]) -> bool {
     (1..=63).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
+        && name.iter().all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.first() != Some(&b'-')
+        && name.last() != Some(&b'-')
 }
 
 /// RFC 1123 subdomain: what Secret names are made of.
 pub fn is_dns_subdomain(name: &str) -> bool {
-    name.len() <= 253 && name.split('.').all(is_dns_label)
+    // Split as bytes: `str::split` by a char costs more than the checks.
+    name.len() <= 253 && name.as_bytes().split(|&b| b == b'.').all(is_dns_label_bytes)
 }
 
 #[cfg(test)]

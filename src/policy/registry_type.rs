@@ -118,32 +118,29 @@ impl RegistryType {
         let name = host.name();
         // Only the cloud types look at labels; a policy of 10,000 self-hosted entries need not
         // split 10,000 names.
-        let labels = || name.split('.').collect::<Vec<&str>>();
+        let labels = Labels::of(name);
         let fits = match self {
             RegistryType::DockerHub => name == "docker.io",
             RegistryType::Ghcr => name == "ghcr.io",
-            RegistryType::GitHubEnterprise => {
-                let labels = labels();
-                labels.len() >= 3 && labels[0] == "containers"
-            }
+            RegistryType::GitHubEnterprise => labels.count >= 3 && labels.first[0] == "containers",
             RegistryType::EcrPublic => name == "public.ecr.aws",
             RegistryType::Gcr => {
                 matches!(name, "gcr.io" | "us.gcr.io" | "eu.gcr.io" | "asia.gcr.io")
             }
             RegistryType::Gar => {
-                let labels = labels();
+                let labels = labels.all();
                 labels.len() == 3 && labels[0].ends_with("-docker") && labels[1..] == ["pkg", "dev"]
             }
-            RegistryType::Ecr => is_ecr_host(&labels()),
+            RegistryType::Ecr => is_ecr_host(labels.all()),
             RegistryType::Acr => {
-                let labels = labels();
+                let labels = labels.all();
                 labels.len() == 3
                     && labels[1] == "azurecr"
                     && matches!(labels[2], "io" | "cn" | "us")
                     && (labels[0] == "*" || is_acr_name(labels[0]))
             }
             RegistryType::Scaleway => {
-                let labels = labels();
+                let labels = labels.all();
                 labels.len() == 4 && labels[0] == "rg" && labels[2..] == ["scw", "cloud"]
             }
             // Self-managed or any host.
@@ -189,6 +186,38 @@ impl fmt::Display for RegistryType {
     }
 }
 
+/// Labels kept by [`Labels`]; every cloud host shape has fewer.
+const MAX_LABELS: usize = 8;
+
+/// A host name's labels, split by bytes into an array: a `char` split collected into a `Vec`
+/// per entry was most of what checking a policy's 2,500 ECR entries cost.
+struct Labels<'a> {
+    /// The first [`MAX_LABELS`] labels.
+    first: [&'a str; MAX_LABELS],
+    count: usize,
+}
+
+impl<'a> Labels<'a> {
+    fn of(name: &'a str) -> Self {
+        let mut labels = Labels { first: [""; MAX_LABELS], count: 0 };
+        // Splitting at an ASCII byte keeps every label on char boundaries.
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'.', name.as_bytes()).chain([name.len()]) {
+            if let Some(slot) = labels.first.get_mut(labels.count) {
+                *slot = name.get(start..end).unwrap_or_default();
+            }
+            labels.count += 1;
+            start = end + 1;
+        }
+        labels
+    }
+
+    /// Every label, or none when there are more than are kept (no cloud shape is that long).
+    fn all(&self) -> &[&'a str] {
+        self.first.get(..self.count).unwrap_or_default()
+    }
+}
+
 /// `ACCOUNT.dkr.ecr[-fips].REGION.amazonaws.com[.cn]` or the dual-stack
 /// `ACCOUNT.dkr-ecr[-fips].REGION.on.aws`; account and region may be wildcards.
 fn is_ecr_host(labels: &[&str]) -> bool {
@@ -207,13 +236,95 @@ fn is_ecr_host(labels: &[&str]) -> bool {
 
 /// `us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-north-1`, `ap-southeast-5`.
 fn is_aws_region(label: &str) -> bool {
-    let parts: Vec<&str> = label.split('-').collect();
-    parts.len() >= 3
-        && parts.last().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        && parts[..parts.len() - 1].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+    let parts = label.as_bytes().split(|&b| b == b'-');
+    let count = parts.clone().count();
+    count >= 3
+        && parts.enumerate().all(|(i, part)| {
+            let well_formed: fn(&u8) -> bool =
+                if i + 1 == count { u8::is_ascii_digit } else { u8::is_ascii_lowercase };
+            !part.is_empty() && part.iter().all(well_formed)
+        })
 }
 
 /// Azure container registry names are 5 to 50 letters and digits.
 fn is_acr_name(label: &str) -> bool {
     (5..=50).contains(&label.len()) && label.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::pattern::RegistryPattern;
+
+    fn fits(registry_type: RegistryType, url: &str) -> bool {
+        let pattern = RegistryPattern::parse(url).expect(url);
+        registry_type.check_host(&pattern.host).is_ok()
+    }
+
+    #[test]
+    fn cloud_types_take_their_host_shapes_only() {
+        let cases: &[(RegistryType, &[&str], &[&str])] = &[
+            (
+                RegistryType::Ecr,
+                &[
+                    "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+                    "123456789012.dkr.ecr-fips.us-gov-west-1.amazonaws.com",
+                    "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn",
+                    "123456789012.dkr-ecr.eu-central-2.on.aws",
+                    "*.dkr.ecr.*.amazonaws.com",
+                ],
+                &[
+                    "12345678901.dkr.ecr.us-east-1.amazonaws.com",
+                    "123456789012.dkr.ecr.us-east.amazonaws.com",
+                    "123456789012.dkr.ecr.us--1.amazonaws.com",
+                    "123456789012.dkr.ecr.US-east-1.amazonaws.com.evil",
+                    "a.b.c.123456789012.dkr.ecr.us-east-1.amazonaws.com",
+                    "ecr.us-east-1.amazonaws.com",
+                ],
+            ),
+            (
+                RegistryType::GitHubEnterprise,
+                &["containers.github.acme.com", "containers.a.b.c.d.e.f.g.h.i.example"],
+                &["github.acme.com", "containers.acme"],
+            ),
+            (
+                RegistryType::Gar,
+                &["europe-west1-docker.pkg.dev", "us-docker.pkg.dev/project"],
+                &["europe-west1.pkg.dev", "x.europe-west1-docker.pkg.dev"],
+            ),
+            (
+                RegistryType::Acr,
+                &["acmeprod.azurecr.io", "*.azurecr.cn", "acme1.azurecr.us"],
+                &["acm.azurecr.io", "acme-prod.azurecr.io", "acmeprod.azurecr.com", "x.acmeprod.azurecr.io"],
+            ),
+            (
+                RegistryType::Scaleway,
+                &["rg.fr-par.scw.cloud", "rg.nl-ams.scw.cloud/ns"],
+                &["registry.fr-par.scw.cloud", "rg.scw.cloud", "a.b.c.d.e.f.g.h.i.scw.cloud"],
+            ),
+        ];
+        for (registry_type, good, bad) in cases {
+            for url in *good {
+                assert!(fits(*registry_type, url), "{registry_type} must take {url}");
+            }
+            for url in *bad {
+                assert!(!fits(*registry_type, url), "{registry_type} must refuse {url}");
+            }
+        }
+    }
+
+    #[test]
+    fn labels_split_like_str_split() {
+        for name in ["", ".", "a", "a.b", "a..b.", "1.2.3.4.5.6.7.8", "1.2.3.4.5.6.7.8.9.10"] {
+            let labels = Labels::of(name);
+            let expected: Vec<&str> = name.split('.').collect();
+            assert_eq!(labels.count, expected.len(), "{name:?}");
+            if expected.len() <= MAX_LABELS {
+                assert_eq!(labels.all(), expected.as_slice(), "{name:?}");
+            } else {
+                assert!(labels.all().is_empty(), "{name:?}");
+                assert_eq!(labels.first, expected[..MAX_LABELS], "{name:?}");
+            }
+        }
+    }
 }

@@ -340,7 +340,7 @@ struct Measured {
     name: &'static str,
     summary: Summary,
     admission: Series,
-    server_side: Option<(f64, f64)>,
+    server_side: Option<ServerSide>,
 }
 
 fn measure(
@@ -353,15 +353,25 @@ fn measure(
 ) -> anyhow::Result<Measured> {
     runtime.block_on(drive(endpoint, load, load.warmup))?;
     let before = scrape(api)?;
-    let gate_before = gate.map(gate_duration).transpose()?;
+    let gate_before = gate.map(gate_counters).transpose()?;
     let started = Instant::now();
     let samples = runtime.block_on(drive(endpoint, load, load.duration))?;
     let summary = summarize(&samples, started.elapsed());
     let admission = delta(&before, &scrape(api)?);
     let server_side = match (gate, gate_before) {
-        (Some(gate), Some((sum0, count0))) => {
-            let (sum1, count1) = gate_duration(gate)?;
-            Some((count1 - count0, (sum1 - sum0) / (count1 - count0).max(1.0)))
+        (Some(gate), Some(before)) => {
+            let after = gate_counters(gate)?;
+            let reviews = after.reviews - before.reviews;
+            let connections = after
+                .connections
+                .iter()
+                .map(|(protocol, n)| (protocol.clone(), n - before.connections.get(protocol).unwrap_or(&0.0)))
+                .collect();
+            Some(ServerSide {
+                reviews,
+                mean: (after.seconds - before.seconds) / reviews.max(1.0),
+                connections,
+            })
         }
         _ => None,
     };
@@ -375,11 +385,36 @@ fn measure(
     Ok(Measured { name, summary, admission, server_side })
 }
 
-/// registry-gate's own histogram: (sum, count) of registry_gate_admission_duration_seconds.
-fn gate_duration(gate: &Gate) -> anyhow::Result<(f64, f64)> {
+/// registry-gate's own counters: the sum and count of registry_gate_admission_duration_seconds
+/// and the connections it has accepted, by protocol.
+struct GateCounters {
+    seconds: f64,
+    reviews: f64,
+    connections: BTreeMap<String, f64>,
+}
+
+fn gate_counters(gate: &Gate) -> anyhow::Result<GateCounters> {
     let (_, text) = gate.operations_get("/metrics")?;
     let series = histograms(&text, &["registry_gate_admission_duration_seconds"]);
-    Ok(series.values().fold((0.0, 0.0), |(s, c), h| (s + h.sum, c + h.count)))
+    let (seconds, reviews) = series.values().fold((0.0, 0.0), |(s, c), h| (s + h.sum, c + h.count));
+    let connections = text
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("registry_gate_connections_opened_total{protocol=\"")?;
+            let (protocol, value) = rest.split_once("\"} ")?;
+            Some((protocol.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect();
+    Ok(GateCounters { seconds, reviews, connections })
+}
+
+/// registry-gate's side of one measured run.
+struct ServerSide {
+    reviews: f64,
+    /// Mean seconds per review.
+    mean: f64,
+    /// Connections it accepted during the run, by protocol.
+    connections: BTreeMap<String, f64>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -515,11 +550,12 @@ fn print_tables(results: &[Measured], load: Load) {
                 quantile_bound(h, 0.99) * 1000.0
             );
         }
-        if let Some((count, mean)) = r.server_side {
+        if let Some(side) = &r.server_side {
             println!(
-                "| {} | registry-gate's own registry_gate_admission_duration | (all reviews) | {count} | {:.3} | | |",
+                "| {} | registry-gate's own registry_gate_admission_duration | (all reviews) | {} | {:.3} | | |",
                 r.name,
-                mean * 1000.0
+                side.reviews,
+                side.mean * 1000.0
             );
         }
     }
@@ -529,4 +565,15 @@ fn print_tables(results: &[Measured], load: Load) {
          apiserver_validating_admission_policy_check_duration_seconds is recorded for denials only, so for \
          admitted Pods the ValidatingAdmissionPolicy's cost shows in the `validate` admission step."
     );
+    for r in results {
+        if let Some(side) = &r.server_side {
+            let opened: Vec<String> = side.connections.iter().map(|(p, n)| format!("{n} over {p}")).collect();
+            let opened = if opened.is_empty() { "none".to_owned() } else { opened.join(", ") };
+            println!(
+                "\nConnections the API server opened to registry-gate during the measured run ({}): {opened}, \
+                 for {} reviews (registry_gate_connections_opened_total).",
+                r.name, side.reviews
+            );
+        }
+    }
 }

@@ -44,6 +44,11 @@ pub struct Metrics {
     pub policy_reload_failures: IntCounter,
     /// `registry_gate_connections_open`: webhook connections past their TLS handshake.
     pub connections_open: IntGauge,
+    /// `registry_gate_connections_opened_total{protocol}`: connections past their TLS
+    /// handshake, by the protocol ALPN chose (`h2` or `http/1.1`). Beside the request count it
+    /// shows whether the API server keeps its connections: a handful over a day is reuse, one
+    /// per review is a handshake per review.
+    pub connections_opened: IntCounterVec,
     /// `registry_gate_connections_closed_total{reason}`: connections the server closed itself:
     /// `limit` (refused at the connection limit), `idle` (no request for the idle timeout),
     /// `no-request` (no request within the header timeout of the handshake).
@@ -234,6 +239,14 @@ impl Metrics {
             "Webhook connections open (past the TLS handshake)",
         )
         .expect("static");
+        let connections_opened = IntCounterVec::new(
+            Opts::new(
+                "registry_gate_connections_opened_total",
+                "Webhook connections past their TLS handshake, by the protocol chosen (h2 or http/1.1)",
+            ),
+            &["protocol"],
+        )
+        .expect("static metric definition");
         let connections_closed = IntCounterVec::new(
             Opts::new(
                 "registry_gate_connections_closed_total",
@@ -273,6 +286,7 @@ impl Metrics {
             Box::new(policy_last_reload.clone()),
             Box::new(policy_reload_failures.clone()),
             Box::new(connections_open.clone()),
+            Box::new(connections_opened.clone()),
             Box::new(connections_closed.clone()),
             Box::new(requests_shed.clone()),
             Box::new(requests_shed_per_client.clone()),
@@ -291,6 +305,7 @@ impl Metrics {
             policy_last_reload,
             policy_reload_failures,
             connections_open,
+            connections_opened,
             connections_closed,
             requests_shed,
             requests_shed_per_client,

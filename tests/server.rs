@@ -544,9 +544,19 @@ async fn http2_is_offered_by_alpn() {
     let server = TestServer::start(POLICY).await;
     let mut client = Client::connect(server.webhook, &server.ca(), true).await.expect("h2 connection");
     let body = serde_json::to_vec(&review("Pod", "CREATE", &object("pod"), None)).expect("JSON");
-    let (status, answer) = client.post("/validate", body).await;
-    assert_eq!(status, 200);
-    assert!(String::from_utf8_lossy(&answer).contains("\"allowed\":true"));
+    for _ in 0..3 {
+        let (status, answer) = client.post("/validate", body.clone()).await;
+        assert_eq!(status, 200);
+        assert!(String::from_utf8_lossy(&answer).contains("\"allowed\":true"));
+    }
+    let mut http1 = Client::connect(server.webhook, &server.ca(), false).await.expect("HTTP/1.1 connection");
+    assert_eq!(http1.post("/validate", body).await.0, 200);
+    // Connections are counted by protocol, once each however many reviews they carry.
+    let (_, metrics) = server.operations("/metrics").await;
+    for protocol in ["h2", "http/1.1"] {
+        let line = format!(r#"registry_gate_connections_opened_total{{protocol="{protocol}"}} 1"#);
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
     server.stop().await;
 }
 

@@ -413,11 +413,12 @@ fn decode_policy(root: &Node, problems: &mut Problems) -> Option<Policy> {
     let registries = match fields.list("registries", problems) {
         Some((items, _)) => {
             let mut seen = SeenRegistries::with_capacity(items.len());
-            items
-                .iter()
-                .enumerate()
-                .filter_map(|(i, item)| decode_registry(item, i, &mut seen, problems))
-                .collect()
+            // Sized up front: grown by doubling, a 10,000-entry list held room for 16,384.
+            let mut registries = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                registries.extend(decode_registry(item, i, &mut seen, problems));
+            }
+            registries
         }
         None => {
             if fields.get("registries").is_none() {
@@ -606,7 +607,7 @@ fn decode_registry<'n>(
         pull_secret: pull_secret.map(str::to_owned),
         node_credentials,
         namespaces,
-        namespace_selector,
+        namespace_selector: namespace_selector.map(Box::new),
         exact,
         tag_rules,
         line: node.line,

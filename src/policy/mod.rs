@@ -64,7 +64,8 @@ pub struct Registry {
     /// Namespaces allowed to pull from it; `None` for all.
     pub namespaces: Option<Vec<NamespacePattern>>,
     /// Labels those namespaces must carry as well; `None` for any.
-    pub namespace_selector: Option<NamespaceSelector>,
+    /// Boxed: few entries have one, and every entry would otherwise hold its room.
+    pub namespace_selector: Option<Box<NamespaceSelector>>,
     /// `match: exact`: the entry admits its one repository, not the paths under it.
     pub exact: bool,
     /// How images from it must name their version; unset rules follow the policy's.

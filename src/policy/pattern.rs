@@ -52,11 +52,12 @@ pub fn canonical_host<'b>(host: &str, buf: &'b mut [u8; HOST_BUF_LEN]) -> Option
 pub struct HostPattern {
     /// Canonical `name[:port]`, with `*` labels as written: the matcher's hash key.
     key: Box<str>,
-    /// Length of the name part of `key`, before any `:port`.
-    name_len: usize,
     /// Bit `i` is set when label `i`, counted from the right (the TLD is 0), is a wildcard.
     wildcards: u64,
-    labels: usize,
+    /// Length of the name part of `key`, before any `:port`. Sixteen bits, as `labels`: a key
+    /// is at most [`HOST_BUF_LEN`] bytes, and a policy holds one pattern per entry.
+    name_len: u16,
+    labels: u16,
 }
 
 impl HostPattern {
@@ -107,7 +108,7 @@ impl HostPattern {
             if !grammar::is_domain_and_port(key) {
                 return Err("is not a valid host name[:port]".into());
             }
-            return Ok(HostPattern { key: key.into(), name_len, wildcards, labels });
+            return HostPattern::new(key, name_len, wildcards, labels);
         }
         let fixed = labels - wildcards.count_ones() as usize;
         if fixed < MIN_FIXED_LABELS {
@@ -126,7 +127,17 @@ impl HostPattern {
                 "is too broad: {suffix} is a public suffix, so the * before it is any domain anyone can register"
             ));
         }
-        Ok(HostPattern { key: key.into(), name_len, wildcards, labels })
+        HostPattern::new(key, name_len, wildcards, labels)
+    }
+
+    fn new(key: &str, name_len: usize, wildcards: u64, labels: usize) -> Result<Self, String> {
+        let too_long = |_| "is longer than any registry host can be".to_string();
+        Ok(HostPattern {
+            key: key.into(),
+            wildcards,
+            name_len: u16::try_from(name_len).map_err(too_long)?,
+            labels: u16::try_from(labels).map_err(too_long)?,
+        })
     }
 
     /// Whether a canonical host is this one, or fits this wildcard.
@@ -151,7 +162,7 @@ impl HostPattern {
 
     /// The host name without its port.
     pub fn name(&self) -> &str {
-        &self.key[..self.name_len]
+        &self.key[..usize::from(self.name_len)]
     }
 
     pub fn is_wildcard(&self) -> bool {
@@ -161,7 +172,7 @@ impl HostPattern {
     /// Which labels are wildcards, and how many labels there are: hosts of one shape share a
     /// lookup in the matcher.
     pub fn shape(&self) -> WildcardShape {
-        WildcardShape { labels: self.labels, wildcards: self.wildcards }
+        WildcardShape { labels: usize::from(self.labels), wildcards: self.wildcards }
     }
 }
 

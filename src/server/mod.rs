@@ -319,7 +319,12 @@ async fn serve_webhook(
                     return;
                 }
             };
-            let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") { http2 } else { http1 };
+            let (builder, protocol) = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                (http2, "h2")
+            } else {
+                (http1, "http/1.1")
+            };
+            metrics.connections_opened.with_label_values(&[protocol]).inc();
             let activity = limits::Activity::new(closing);
             // The peer address of the accepted TCP connection, not anything the client says.
             let client = budget.client(peer.ip());

@@ -367,11 +367,8 @@ fn measure(
                 .iter()
                 .map(|(protocol, n)| (protocol.clone(), n - before.connections.get(protocol).unwrap_or(&0.0)))
                 .collect();
-            Some(ServerSide {
-                reviews,
-                mean: (after.seconds - before.seconds) / reviews.max(1.0),
-                connections,
-            })
+            let mean = (after.seconds - before.seconds) / reviews.max(1.0);
+            Some(ServerSide { reviews, mean, connections, connections_since_start: after.connections })
         }
         _ => None,
     };
@@ -415,6 +412,8 @@ struct ServerSide {
     mean: f64,
     /// Connections it accepted during the run, by protocol.
     connections: BTreeMap<String, f64>,
+    /// And since it started (warm-up and readiness checks included).
+    connections_since_start: BTreeMap<String, f64>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -567,12 +566,17 @@ fn print_tables(results: &[Measured], load: Load) {
     );
     for r in results {
         if let Some(side) = &r.server_side {
-            let opened: Vec<String> = side.connections.iter().map(|(p, n)| format!("{n} over {p}")).collect();
-            let opened = if opened.is_empty() { "none".to_owned() } else { opened.join(", ") };
+            let list = |counts: &BTreeMap<String, f64>| {
+                let opened: Vec<String> = counts.iter().map(|(p, n)| format!("{n} over {p}")).collect();
+                if opened.is_empty() { "none".to_owned() } else { opened.join(", ") }
+            };
             println!(
-                "\nConnections the API server opened to registry-gate during the measured run ({}): {opened}, \
-                 for {} reviews (registry_gate_connections_opened_total).",
-                r.name, side.reviews
+                "\nConnections the API server opened to registry-gate ({}, registry_gate_connections_opened_total): \
+                 {} during the measured run of {} reviews; {} since registry-gate started.",
+                r.name,
+                list(&side.connections),
+                side.reviews,
+                list(&side.connections_since_start)
             );
         }
     }

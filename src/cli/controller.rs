@@ -101,8 +101,12 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
                 let _ = stop_rx.wait_for(|stop| *stop).await;
             }
         };
-        // Everything runs under one set: the first task to end, for whatever reason, stops
-        // the rest, and only a signal counts as a clean stop.
+        // The first task to end, for whatever reason, stops the rest, and only a signal counts
+        // as a clean stop. Two sets: the reconciler and the operations port stop when told,
+        // finishing what is in flight; the others hold nothing that must finish (a refresh or an
+        // audit cut short runs again at the next start) and are aborted at once. Waiting for
+        // them too, which never watched the stop signal, made every stop take the full 20 s.
+        let mut graceful = JoinSet::new();
         let mut tasks = JoinSet::new();
         match (args.policy, args.policy_configmap, loaded) {
             (Some(path), _, Some(text)) => {
@@ -135,24 +139,28 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             };
             tasks.spawn(controller::connection::run(client.clone(), store.clone(), connection, metrics.connection()));
         }
-        tasks.spawn(controller::run(client, store.clone(), options, metrics.clone(), ready.clone(), stopped()));
+        graceful.spawn(controller::run(client, store.clone(), options, metrics.clone(), ready.clone(), stopped()));
         let operations = controller::serve_operations(listener, store, metrics, ready, stopped());
-        tasks.spawn(async move {
+        graceful.spawn(async move {
             if let Err(e) = operations.await {
                 tracing::error!(target: "registry_gate::controller", error = %e, "operations server failed");
             }
         });
         let signal = super::serve::shutdown_signal();
+        let stopped_early = |ended: Result<(), tokio::task::JoinError>| {
+            tracing::error!(target: "registry_gate::controller", panicked = ended.is_err(), "a task stopped; shutting down");
+            true
+        };
         let failed = tokio::select! {
             () = signal => false,
-            ended = tasks.join_next() => {
-                tracing::error!(target: "registry_gate::controller", panicked = ended.is_some_and(|e| e.is_err()), "a task stopped; shutting down");
-                true
-            }
+            Some(ended) = graceful.join_next() => stopped_early(ended),
+            Some(ended) = tasks.join_next() => stopped_early(ended),
         };
         let _ = stop_tx.send(true);
-        if tokio::time::timeout(Duration::from_secs(20), async { while tasks.join_next().await.is_some() {} }).await.is_err() {
-            tasks.abort_all();
+        tasks.abort_all();
+        let drained = async { while graceful.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(20), drained).await.is_err() {
+            graceful.abort_all();
         }
         if failed {
             anyhow::bail!("a controller task stopped unexpectedly");

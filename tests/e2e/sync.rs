@@ -491,4 +491,23 @@ pub fn pull_secret_sync(cp: &ControlPlane, s: &mut Scenarios, dir: &Path) {
     if let Some(controller) = controller.as_ref() {
         println!("controller log tail:\n{}", controller.log_tail(5));
     }
+    s.run("sync: SIGTERM stops the controller cleanly, well within a Pod's 30 s grace period", || {
+        let child = controller.as_mut().and_then(|c| c.child.as_mut()).context("controller")?;
+        let stopping = Instant::now();
+        let signalled =
+            std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+        ensure!(signalled.success(), "kill -TERM failed");
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            // Its own limit for in-flight reconciles is 20 s; anything near it means it waited
+            // for tasks that never watch the stop signal.
+            ensure!(stopping.elapsed() < Duration::from_secs(15), "still running 15 s after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        println!("controller stopped {} ms after SIGTERM", stopping.elapsed().as_millis());
+        ensure!(status.success(), "exit status {status} after SIGTERM");
+        Ok(())
+    });
 }

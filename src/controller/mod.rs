@@ -399,6 +399,10 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<A
         .map(|copy| (copy.name_any(), copy))
         .collect();
     let mut states: Vec<(String, CopyState)> = Vec::new();
+    // A failed write does not end the pass: the other copies are still made, every state is
+    // recorded (the failed one as `failed`, which the gauges and alerts read), and the first
+    // error is returned at the end so that the namespace is retried.
+    let mut first_error: Option<ControllerError> = None;
 
     for wanted in wanted.values() {
         let source_ref = ObjectRef::<Secret>::new(&wanted.name).within(&context.options.namespace);
@@ -409,10 +413,16 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<A
                 context.report_source(&wanted.name, None).await;
                 if let Some(copy) = existing {
                     context.pace.wait().await;
-                    sync::delete_copy(&api, copy).await.map_err(|e| api_error(&name, &wanted.name, e))?;
-                    context.own_writes.forget(&name, &wanted.name);
-                    context.metrics.writes.inc();
-                    log_write(&name, &wanted.name, "deleted: its source is gone");
+                    match sync::delete_copy(&api, copy).await {
+                        Ok(_) => {
+                            context.own_writes.forget(&name, &wanted.name);
+                            context.metrics.writes.inc();
+                            log_write(&name, &wanted.name, "deleted: its source is gone");
+                        }
+                        Err(e) => {
+                            first_error.get_or_insert(api_error(&name, &wanted.name, e));
+                        }
+                    }
                 }
                 CopyState::MissingSource
             }
@@ -439,15 +449,16 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<A
                         &hash,
                     );
                     context.pace.wait().await;
-                    match sync::put_copy(&api, existing, copy)
-                        .await
-                        .map_err(|e| api_error(&name, &wanted.name, e))?
-                    {
-                        Written::Conflict => {
+                    match sync::put_copy(&api, existing, copy).await {
+                        Err(e) => {
+                            first_error.get_or_insert(api_error(&name, &wanted.name, e));
+                            CopyState::Failed
+                        }
+                        Ok(Written::Conflict) => {
                             context.report_conflict(&name, &wanted.name).await;
                             CopyState::Conflict
                         }
-                        Written::Created(version) | Written::Replaced(version) => {
+                        Ok(Written::Created(version) | Written::Replaced(version)) => {
                             let what = if existing.is_some() { "updated" } else { "created" };
                             context.own_writes.record(&name, &wanted.name, version);
                             context.metrics.writes.inc();
@@ -468,14 +479,20 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<A
     for (copy_name, copy) in &ours {
         if !wanted.contains_key(copy_name) {
             context.pace.wait().await;
-            sync::delete_copy(&api, copy).await.map_err(|e| api_error(&name, copy_name, e))?;
-            context.own_writes.forget(&name, copy_name);
-            context.metrics.writes.inc();
-            log_write(&name, copy_name, "deleted: no registry wants it here");
+            match sync::delete_copy(&api, copy).await {
+                Ok(_) => {
+                    context.own_writes.forget(&name, copy_name);
+                    context.metrics.writes.inc();
+                    log_write(&name, copy_name, "deleted: no registry wants it here");
+                }
+                Err(e) => {
+                    first_error.get_or_insert(api_error(&name, copy_name, e));
+                }
+            }
         }
     }
     context.record_states(&name, states);
-    Ok(resync)
+    first_error.map_or(Ok(resync), Err)
 }
 
 fn api_error(namespace: &str, secret: &str, source: kube::Error) -> ControllerError {

@@ -491,6 +491,57 @@ pub fn pull_secret_sync(cp: &ControlPlane, s: &mut Scenarios, dir: &Path) {
     if let Some(controller) = controller.as_ref() {
         println!("controller log tail:\n{}", controller.log_tail(5));
     }
+    s.run("sync: a copy the API server refuses is counted as failed and retried until it is made", || {
+        let controller = controller.as_ref().context("controller")?;
+        // A ValidatingAdmissionPolicy refusing Secrets named corp-pull in sync-prod-eu: a real
+        // refusal by the API server, as a cluster's own admission policy could give.
+        apply(
+            cp,
+            &json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+                    "metadata": {"name": "e2e-refuse-corp-pull"},
+                    "spec": {"failurePolicy": "Fail",
+                             "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                                                     "operations": ["CREATE"], "resources": ["secrets"]}]},
+                             "validations": [{"expression": "object.metadata.name != 'corp-pull'",
+                                              "message": "e2e: corp-pull is refused here"}]}}),
+        )?;
+        apply(
+            cp,
+            &json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+                    "metadata": {"name": "e2e-refuse-corp-pull"},
+                    "spec": {"policyName": "e2e-refuse-corp-pull", "validationActions": ["Deny"],
+                             "matchResources": {"namespaceSelector": {"matchLabels": {
+                                 "kubernetes.io/metadata.name": "sync-prod-eu"}}}}}),
+        )?;
+        // The API server reads admission policies from a cache: wait until it refuses the name
+        // (a server-side dry run goes through admission) before taking the copy away.
+        wait_for("the refusal in force", Duration::from_secs(15), Duration::from_millis(100), |last| {
+            let probe = ["-n", "sync-prod-eu", "create", "secret", "generic", "corp-pull", "--dry-run=server"];
+            let run = cp.kubectl(&probe);
+            *last = format!("{:?} {}", run.code, run.stderr);
+            run.stderr.contains("corp-pull is refused here").then_some(())
+        })?;
+        cp.kubectl(&["-n", "sync-prod-eu", "delete", "secret", "corp-pull"]).ok()?;
+        let failed = r#"registry_gate_pull_secret_copies{registry="corp",state="failed"} 1"#;
+        wait_for("the failed copy counted", Duration::from_secs(15), Duration::from_millis(100), |last| {
+            let (_, metrics) = controller.get("/metrics").ok()?;
+            *last = metrics.lines().filter(|l| l.contains("pull_secret_copies{")).collect::<Vec<_>>().join("\n");
+            metrics.contains(failed).then_some(())
+        })?;
+        ensure!(secret(cp, "sync-prod-eu", "corp-pull").is_none(), "the copy exists despite the refusal");
+        for kind in ["validatingadmissionpolicybinding", "validatingadmissionpolicy"] {
+            cp.kubectl(&["delete", kind, "e2e-refuse-corp-pull"]).ok()?;
+        }
+        let retried = wait_for_copy(cp, "sync-prod-eu", "corp-pull", &corp)?;
+        println!("copy made {} ms after the refusal went", retried.as_millis());
+        let (_, metrics) = controller.get("/metrics")?;
+        ensure!(
+            metrics.contains(r#"registry_gate_pull_secret_copies{registry="corp",state="synced"} 1"#)
+                && metrics.contains(r#"registry_gate_pull_secret_copies{registry="corp",state="failed"} 0"#),
+            "{metrics}"
+        );
+        Ok(())
+    });
     s.run("sync: SIGTERM stops the controller cleanly, well within a Pod's 30 s grace period", || {
         let child = controller.as_mut().and_then(|c| c.child.as_mut()).context("controller")?;
         let stopping = Instant::now();

@@ -300,8 +300,8 @@ pub struct RegistryPattern {
 impl RegistryPattern {
     /// Parses a policy `url`; the error says what is wrong with it.
     pub fn parse(url: &str) -> Result<Self, String> {
-        // Byte loops rather than `str` searches by `char`: a policy load parses every entry's
-        // url, and the char searchers were a tenth of a 10,000-entry load.
+        // Byte searches rather than `str` searches by `char`: a policy load parses every
+        // entry's url, and the char searchers were 4 % of a 10,000-entry JSON load.
         if url.trim().is_empty() {
             return Err("is empty; an entry that allows every registry is not allowed".into());
         }
@@ -319,9 +319,9 @@ impl RegistryPattern {
                 url.get(..scheme.len()).filter(|s| s.eq_ignore_ascii_case(scheme)).map(|s| &url[s.len()..])
             })
             .unwrap_or(url);
-        let after_colons =
-            memchr::memchr_iter(b':', without_scheme.as_bytes()).map(|i| &without_scheme[i + 1..]);
-        if after_colons.into_iter().any(|rest| rest.starts_with("//")) {
+        // Every `:` is ASCII, so the byte after it starts a char.
+        let mut colons = memchr::memchr_iter(b':', without_scheme.as_bytes());
+        if colons.any(|at| without_scheme[at + 1..].starts_with("//")) {
             return Err("has a scheme other than https:// or http://".into());
         }
         let trimmed = without_scheme.strip_suffix('/').unwrap_or(without_scheme);
@@ -387,6 +387,17 @@ mod tests {
 
     fn canonical(url: &str) -> String {
         RegistryPattern::parse(url).map(|p| p.to_string()).unwrap_or_else(|e| format!("error: {e}"))
+    }
+
+    #[test]
+    fn other_schemes_are_refused_and_ports_are_not_mistaken_for_one() {
+        for url in ["ftp://ghcr.io/acme", "oci://ghcr.io", "https://ftp://ghcr.io", "ghcr.io/acme://x"] {
+            let error = RegistryPattern::parse(url).expect_err(url);
+            assert!(error.contains("scheme other than"), "{url}: {error}");
+        }
+        for url in ["registry.example:5000/team", "https://registry.example:5000", "[::1]:5000/x"] {
+            assert!(RegistryPattern::parse(url).is_ok(), "{url}");
+        }
     }
 
     #[test]

@@ -118,29 +118,35 @@ impl RegistryType {
         let name = host.name();
         // Only the cloud types look at labels; a policy of 10,000 self-hosted entries need not
         // split 10,000 names.
-        let labels = Labels::of(name);
+        let labels = || Labels::of(name);
         let fits = match self {
             RegistryType::DockerHub => name == "docker.io",
             RegistryType::Ghcr => name == "ghcr.io",
-            RegistryType::GitHubEnterprise => labels.count >= 3 && labels.first[0] == "containers",
+            RegistryType::GitHubEnterprise => {
+                let labels = labels();
+                labels.count >= 3 && labels.first[0] == "containers"
+            }
             RegistryType::EcrPublic => name == "public.ecr.aws",
             RegistryType::Gcr => {
                 matches!(name, "gcr.io" | "us.gcr.io" | "eu.gcr.io" | "asia.gcr.io")
             }
             RegistryType::Gar => {
-                let labels = labels.all();
+                let split = labels();
+                let labels = split.all();
                 labels.len() == 3 && labels[0].ends_with("-docker") && labels[1..] == ["pkg", "dev"]
             }
-            RegistryType::Ecr => is_ecr_host(labels.all()),
+            RegistryType::Ecr => is_ecr_host(labels().all()),
             RegistryType::Acr => {
-                let labels = labels.all();
+                let split = labels();
+                let labels = split.all();
                 labels.len() == 3
                     && labels[1] == "azurecr"
                     && matches!(labels[2], "io" | "cn" | "us")
                     && (labels[0] == "*" || is_acr_name(labels[0]))
             }
             RegistryType::Scaleway => {
-                let labels = labels.all();
+                let split = labels();
+                let labels = split.all();
                 labels.len() == 4 && labels[0] == "rg" && labels[2..] == ["scw", "cloud"]
             }
             // Self-managed or any host.

@@ -107,24 +107,24 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         // audit cut short runs again at the next start) and are aborted at once. Waiting for
         // them too, which never watched the stop signal, made every stop take the full 20 s.
         let mut graceful = JoinSet::new();
-        let mut tasks = JoinSet::new();
+        let mut background = JoinSet::new();
         match (args.policy, args.policy_configmap, loaded) {
             (Some(path), _, Some(text)) => {
-                tasks.spawn(source::watch_file(path, text, store.clone(), Duration::from_millis(500)));
+                background.spawn(source::watch_file(path, text, store.clone(), Duration::from_millis(500)));
             }
             (_, Some(configmap), _) => {
-                tasks.spawn(source::watch_configmap(client.clone(), configmap, store.clone()));
+                background.spawn(source::watch_configmap(client.clone(), configmap, store.clone()));
             }
             _ => anyhow::bail!("no policy source"),
         }
-        tasks.spawn(controller::ecr::refresh(client.clone(), options.namespace.clone(), metrics.ecr()));
+        background.spawn(controller::ecr::refresh(client.clone(), options.namespace.clone(), metrics.ecr()));
         if args.audit_interval_seconds > 0 {
             let audit = AuditOptions {
                 namespace: options.namespace.clone(),
                 interval: Duration::from_secs(args.audit_interval_seconds),
                 page_size: args.audit_page_size,
             };
-            tasks.spawn(controller::audit::run(client.clone(), store.clone(), audit, metrics.audit()));
+            background.spawn(controller::audit::run(client.clone(), store.clone(), audit, metrics.audit()));
         }
         if args.registry_test_interval_seconds > 0 {
             let extra_roots = match &args.registry_test_ca_file {
@@ -137,7 +137,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
                 timeout: Duration::from_secs(args.registry_test_timeout_seconds),
                 extra_roots,
             };
-            tasks.spawn(controller::connection::run(client.clone(), store.clone(), connection, metrics.connection()));
+            background.spawn(controller::connection::run(client.clone(), store.clone(), connection, metrics.connection()));
         }
         graceful.spawn(controller::run(client, store.clone(), options, metrics.clone(), ready.clone(), stopped()));
         let operations = controller::serve_operations(listener, store, metrics, ready, stopped());
@@ -154,10 +154,10 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         let failed = tokio::select! {
             () = signal => false,
             Some(ended) = graceful.join_next() => stopped_early(ended),
-            Some(ended) = tasks.join_next() => stopped_early(ended),
+            Some(ended) = background.join_next() => stopped_early(ended),
         };
         let _ = stop_tx.send(true);
-        tasks.abort_all();
+        background.abort_all();
         let drained = async { while graceful.join_next().await.is_some() {} };
         if tokio::time::timeout(Duration::from_secs(20), drained).await.is_err() {
             graceful.abort_all();

@@ -78,7 +78,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             let text = read(path)?;
             source::load(&store, &text, &path.display().to_string())
                 .with_context(|| format!("{} is not a valid policy", path.display()))?;
-            Some(text)
+            Some(source::Fingerprint::of(&text))
         }
         None => None,
     };
@@ -109,8 +109,8 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         let mut graceful = JoinSet::new();
         let mut background = JoinSet::new();
         match (args.policy, args.policy_configmap, loaded) {
-            (Some(path), _, Some(text)) => {
-                background.spawn(source::watch_file(path, text, store.clone(), Duration::from_millis(500)));
+            (Some(path), _, Some(loaded)) => {
+                background.spawn(source::watch_file(path, loaded, store.clone(), Duration::from_millis(500)));
             }
             (_, Some(configmap), _) => {
                 background.spawn(source::watch_configmap(client.clone(), configmap, store.clone()));

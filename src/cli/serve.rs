@@ -119,12 +119,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store = Arc::new(PolicyStore::new(Metrics::new()));
     // A file or the built-in policy must be valid to start; a ConfigMap may arrive later (the
     // webhook is not ready until it does).
-    let mut loaded_text = String::new();
+    // The reloader keeps the file's fingerprint, not its text.
+    let mut loaded = None;
     match &policy_source {
         PolicySource::File(path) => {
-            loaded_text = read(path)?;
-            source::load(&store, &loaded_text, &path.display().to_string())
+            let text = read(path)?;
+            source::load(&store, &text, &path.display().to_string())
                 .with_context(|| format!("{} is not a valid policy", path.display()))?;
+            loaded = Some(source::Fingerprint::of(&text));
         }
         PolicySource::BuiltIn => {
             source::load(&store, DEFAULT_POLICY, "built-in policy/default.yaml")
@@ -177,9 +179,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let server = Server::bind(options, store.clone()).await?;
         match (policy_source, client) {
             (PolicySource::File(path), _) => {
+                let loaded = loaded.context("a policy file is read before serving")?;
                 let poll = std::time::Duration::from_millis(limits.policy_poll_millis.max(1));
                 watches.spawn(async move {
-                    source::watch_file(path, loaded_text, store, poll).await;
+                    source::watch_file(path, loaded, store, poll).await;
                     "the policy reloader stopped"
                 });
             }

@@ -43,11 +43,25 @@ pub fn load(store: &PolicyStore, text: &str, source: &str) -> Result<u64, Policy
     }
 }
 
+/// What the file reloader remembers of the text it last read: a SHA-256, not the text, which for
+/// a large policy would keep a second copy of the file alive for the life of the process (1 MB at
+/// 10,000 entries, benches/RESULTS.md). Cryptographic so that no edit can look unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    pub fn of(text: &str) -> Self {
+        let mut bytes = [0; 32];
+        bytes.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref());
+        Fingerprint(bytes)
+    }
+}
+
 /// Reloads a policy file whenever its content differs from `loaded` (the text read at start) or
 /// from the last text seen, polling every `interval`.
-pub async fn watch_file(path: PathBuf, loaded: String, store: Arc<PolicyStore>, interval: Duration) {
+pub async fn watch_file(path: PathBuf, loaded: Fingerprint, store: Arc<PolicyStore>, interval: Duration) {
     let source = path.display().to_string();
-    let mut last = Some(loaded);
+    let mut last = loaded;
     loop {
         tokio::time::sleep(interval).await;
         let current = match tokio::fs::read_to_string(&path).await {
@@ -58,11 +72,12 @@ pub async fn watch_file(path: PathBuf, loaded: String, store: Arc<PolicyStore>, 
                 continue;
             }
         };
-        if last.as_deref() == Some(current.as_str()) {
+        let fingerprint = Fingerprint::of(&current);
+        if fingerprint == last {
             continue;
         }
         let _ = load(&store, &current, &source);
-        last = Some(current);
+        last = fingerprint;
     }
 }
 
@@ -210,6 +225,16 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_fingerprint_changes_with_any_byte() {
+        let text = crate::check::BUNDLED_POLICY;
+        let mut edited = text.to_owned();
+        assert_eq!(Fingerprint::of(text), Fingerprint::of(&edited));
+        edited.push(' ');
+        assert_ne!(Fingerprint::of(text), Fingerprint::of(&edited));
+        assert_ne!(Fingerprint::of(""), Fingerprint::of(" "));
+    }
+
     #[tokio::test]
     async fn a_bad_file_edit_keeps_the_last_good_policy() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -218,8 +243,12 @@ mod tests {
         std::fs::write(&path, good).expect("written");
         let store = Arc::new(PolicyStore::new(crate::metrics::Metrics::new()));
         load(&store, good, "test").expect("valid");
-        let watcher =
-            tokio::spawn(watch_file(path.clone(), good.to_owned(), store.clone(), Duration::from_millis(10)));
+        let watcher = tokio::spawn(watch_file(
+            path.clone(),
+            Fingerprint::of(good),
+            store.clone(),
+            Duration::from_millis(10),
+        ));
 
         std::fs::write(&path, "registries: [\n").expect("written");
         tokio::time::sleep(Duration::from_millis(200)).await;

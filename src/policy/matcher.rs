@@ -78,8 +78,15 @@ struct HostRules {
 enum Prefixes {
     /// Few prefixes, deepest first.
     Scan(Vec<(Box<str>, usize)>),
-    /// Many: by prefix, with bit `d` of `depths` set when some prefix has `d` components.
-    Hashed { by_prefix: HashMap<Box<str>, usize, RandomState>, depths: u64 },
+    /// Many. Boxed: few hosts have this many, and every host would otherwise hold its room.
+    Hashed(Box<HashedPrefixes>),
+}
+
+/// Prefixes by text, with bit `d` of `depths` set when some prefix has `d` components.
+#[derive(Debug)]
+struct HashedPrefixes {
+    by_prefix: HashMap<Box<str>, usize, RandomState>,
+    depths: u64,
 }
 
 impl Default for Prefixes {
@@ -106,17 +113,24 @@ impl Prefixes {
                 list.sort_by_key(|(p, _)| std::cmp::Reverse(depth_of(p)));
                 return;
             }
-            let mut by_prefix = HashMap::default();
-            let mut depths = 0u64;
+            let mut hashed = HashedPrefixes { by_prefix: HashMap::default(), depths: 0 };
             for (p, e) in list.drain(..) {
-                depths |= 1 << depth_of(&p);
-                by_prefix.insert(p, e);
+                hashed.depths |= 1 << depth_of(&p);
+                hashed.by_prefix.insert(p, e);
             }
-            *self = Prefixes::Hashed { by_prefix, depths };
+            *self = Prefixes::Hashed(Box::new(hashed));
         }
-        if let Prefixes::Hashed { by_prefix, depths } = self {
-            *depths |= 1 << depth_of(prefix);
-            by_prefix.entry(prefix.into()).or_insert(position);
+        if let Prefixes::Hashed(hashed) = self {
+            hashed.depths |= 1 << depth_of(prefix);
+            hashed.by_prefix.entry(prefix.into()).or_insert(position);
+        }
+    }
+
+    /// Gives back the room grown for insertion: a list of one prefix was allocated for four.
+    fn shrink_to_fit(&mut self) {
+        match self {
+            Prefixes::Scan(list) => list.shrink_to_fit(),
+            Prefixes::Hashed(hashed) => hashed.by_prefix.shrink_to_fit(),
         }
     }
 
@@ -126,13 +140,13 @@ impl Prefixes {
             Prefixes::Scan(list) => {
                 list.iter().find(|(prefix, _)| covers(prefix, path)).map(|(p, e)| (depth_of(p), *e))
             }
-            Prefixes::Hashed { by_prefix, depths } => {
+            Prefixes::Hashed(hashed) => {
                 let components = depth_of(path);
-                let mut remaining = depths & (u64::MAX >> (63 - components.min(63)));
+                let mut remaining = hashed.depths & (u64::MAX >> (63 - components.min(63)));
                 while remaining != 0 {
                     let depth = (u64::BITS - 1 - remaining.leading_zeros()) as usize;
                     remaining &= !(1 << depth);
-                    if let Some(&entry) = by_prefix.get(&path[..prefix_end(path, depth)]) {
+                    if let Some(&entry) = hashed.by_prefix.get(&path[..prefix_end(path, depth)]) {
                         return Some((depth, entry));
                     }
                 }
@@ -206,7 +220,22 @@ impl Index {
             Self::insert(rules, pattern, is_deny, position);
         }
         index.wildcards.sort_by_key(|(shape, _)| shape.specificity());
+        index.shrink_to_fit();
         index
+    }
+
+    /// A policy lives until the next edit, so the room grown while building is given back:
+    /// a third of the index at 10,000 entries (benches/RESULTS.md).
+    fn shrink_to_fit(&mut self) {
+        let tables =
+            std::iter::once(&mut self.exact).chain(self.wildcards.iter_mut().map(|(_, table)| table));
+        for table in tables {
+            table.shrink_to_fit();
+            for rules in table.values_mut() {
+                rules.allow.shrink_to_fit();
+                rules.deny.shrink_to_fit();
+            }
+        }
     }
 
     /// Files a pattern's path under a host's rules, unless an earlier entry has the same path.
@@ -279,6 +308,12 @@ mod tests {
 
     fn allow(index: &Index, host: &str, path: &str) -> Option<usize> {
         index.lookup(host, path).allow
+    }
+
+    #[test]
+    fn a_host_holds_little_room() {
+        // Every host of the policy has one slot in a table; 10,000 entries have about 5,000.
+        assert!(std::mem::size_of::<HostRules>() <= 48, "{}", std::mem::size_of::<HostRules>());
     }
 
     #[test]

@@ -284,16 +284,16 @@ impl Index {
     }
 }
 
-/// Writes `prefix` and `rest` into `buf` as one string (`library/` + `nginx`).
-pub(super) fn join_path<'b>(
-    buf: &'b mut [u8; PATH_BUF_LEN],
-    (prefix, rest): (&str, &str),
-) -> Option<&'b str> {
-    let total = prefix.len() + rest.len();
-    let target = buf.get_mut(..total)?;
-    target[..prefix.len()].copy_from_slice(prefix.as_bytes());
-    target[prefix.len()..].copy_from_slice(rest.as_bytes());
-    std::str::from_utf8(target).ok()
+/// A repository path written into a stack buffer (`library/` + `nginx`).
+pub(super) type PathBuf = arrayvec::ArrayString<PATH_BUF_LEN>;
+
+/// Writes `prefix` and `rest` into `buf` as one string. Both are `str`, so unlike a byte
+/// buffer, the result needs no UTF-8 check: `str::from_utf8` was a sixth of the decision for a
+/// short name like `nginx` (callgrind, `examples/decision_instructions`).
+pub(super) fn join_path<'b>(buf: &'b mut PathBuf, (prefix, rest): (&str, &str)) -> Option<&'b str> {
+    buf.try_push_str(prefix).ok()?;
+    buf.try_push_str(rest).ok()?;
+    Some(buf.as_str())
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use wildmatch::WildMatch;
 use crate::image::{ParseError, Reference};
 pub use document::{API_VERSION, KIND, PolicyError, Problem, is_dns_label, is_dns_subdomain};
 pub use exception::{Exception, ExceptionSubject};
-use matcher::{ExactRepositories, Index, PATH_BUF_LEN, join_path};
+use matcher::{ExactRepositories, Index, PathBuf, join_path};
 use pattern::{HOST_BUF_LEN, canonical_host, is_canonical_host};
 pub use pattern::{HostPattern, RegistryPattern};
 pub use registry_type::{Credentials, RegistryType};
@@ -371,7 +371,7 @@ impl Policy {
         let path = match image.path().parts() {
             ("", path) => path,
             parts => {
-                path_buf = [0; PATH_BUF_LEN];
+                path_buf = PathBuf::new();
                 match join_path(&mut path_buf, parts) {
                     Some(path) => path,
                     None => return Decision::Denied(Denial::Unregistered),

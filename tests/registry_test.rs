@@ -153,6 +153,7 @@ fn assert_json_shape(json: &Value) {
         keys,
         [
             "anonymous_access",
+            "anonymous_pull",
             "auth_scheme",
             "credentials_from",
             "credentials_given",
@@ -171,6 +172,7 @@ fn assert_json_shape(json: &Value) {
     target_keys.sort_unstable();
     assert_eq!(target_keys, ["endpoint", "host", "name", "repository", "repository_from", "type"]);
     assert!(json["anonymous_access"].is_boolean() || json["anonymous_access"].is_null());
+    assert!(json["anonymous_pull"].is_boolean() || json["anonymous_pull"].is_null());
     assert!(["basic", "bearer"].contains(&json["auth_scheme"].as_str().unwrap_or("basic")));
     assert!(json["credentials_given"].is_boolean() && json["credentials_tested"].is_boolean());
     assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()));
@@ -218,6 +220,14 @@ async fn basic_registry(files: &Files) -> (TestRegistry, String) {
 
 /// A TLS registry with token (Bearer) authentication, its test token issuer, and the CA file.
 async fn token_registry(files: &Files) -> (TestRegistry, TestTokenIssuer, String) {
+    token_registry_with(files, None).await
+}
+
+/// [`token_registry`] whose issuer gives requests without credentials `anonymous`.
+async fn token_registry_with(
+    files: &Files,
+    anonymous: Option<Grant>,
+) -> (TestRegistry, TestTokenIssuer, String) {
     let ca = TestCa::new();
     let issuer = TestTokenIssuer::start(
         &ca.server(&["127.0.0.1"]),
@@ -225,6 +235,7 @@ async fn token_registry(files: &Files) -> (TestRegistry, TestTokenIssuer, String
             Account { username: USER, password: PASSWORD, grant: Grant::Pull },
             Account { username: NO_PULL_USER, password: PASSWORD, grant: Grant::Nothing },
         ],
+        anonymous,
     )
     .await;
     let realm = issuer.realm();
@@ -401,6 +412,67 @@ async fn token_auth_accepts_the_right_password_and_grants_pull() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_credentials_anonymous_tokens_show_who_may_pull() {
+    // As Docker Hub, GHCR and Quay: /v2/ answers 401 to everyone, and the token endpoint gives
+    // anonymous tokens that grant pull on public repositories only. The real registry checks
+    // each anonymous token it is shown.
+    let files = Files::new();
+    let (registry, issuer, ca) = token_registry_with(&files, Some(Grant::PullUnder("public/"))).await;
+
+    let public = format!("{}/public/app", registry.host());
+    let run = registry_test(args(&[&public, "--ca-file", &ca]), None).await;
+    assert_eq!(run.code, 0, "{}", run.both());
+    assert!(run.stdout.contains("anonymous pull of public/app: allowed"), "{}", run.stdout);
+    assert!(run.stdout.contains("issued an anonymous JWT token"), "{}", run.stdout);
+    let json = assert_passed(&registry_test(args(&[&public, "--ca-file", &ca, "-o", "json"]), None).await);
+    assert_eq!(
+        (json["anonymous_access"].as_bool(), json["anonymous_pull"].as_bool()),
+        (Some(false), Some(true)),
+        "/v2/ refuses anonymous clients, the token lets them pull"
+    );
+    assert_eq!(
+        (json["credentials_given"].as_bool(), json["credentials_tested"].as_bool()),
+        (Some(false), Some(false))
+    );
+    for stage in ["token-endpoint", "credentials", "permission"] {
+        assert_eq!(stage_status(&json, stage), Some("ok"), "{stage}: {json}");
+    }
+
+    let private = format!("{}/private/app", registry.host());
+    let run = registry_test(args(&[&private, "--ca-file", &ca, "-o", "json"]), None).await;
+    let json = assert_passed(&run);
+    assert_eq!(json["anonymous_pull"], false, "{}", run.both());
+    assert!(json["message"].as_str().is_some_and(|m| m.contains("anonymous pull of private/app is refused")));
+
+    let run = registry_test(args(&[&registry.host(), "--ca-file", &ca, "-o", "json"]), None).await;
+    let json = assert_passed(&run);
+    assert_eq!(json["anonymous_pull"], Value::Null, "no repository named: {}", run.both());
+    assert_eq!(stage_status(&json, "permission"), Some("skipped"));
+
+    assert_eq!(issuer.issued().len(), 4, "one anonymous token per run");
+    assert_no_secrets(&run, &issuer.issued());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_credentials_a_token_endpoint_may_refuse_anonymous_clients() {
+    let files = Files::new();
+    let (registry, issuer, ca) = token_registry(&files).await;
+    let target = format!("{}/acme/app", registry.host());
+    let run = registry_test(args(&[&target, "--ca-file", &ca]), None).await;
+    assert_eq!(run.code, 0, "{}", run.both());
+    assert!(run.stdout.contains("anonymous pull of acme/app: refused"), "{}", run.stdout);
+    let json = assert_passed(&registry_test(args(&[&target, "--ca-file", &ca, "-o", "json"]), None).await);
+    assert_eq!(
+        (json["anonymous_access"].as_bool(), json["anonymous_pull"].as_bool()),
+        (Some(false), Some(false))
+    );
+    assert_eq!(stage_status(&json, "token-endpoint"), Some("ok"));
+    assert_eq!(stage_status(&json, "credentials"), Some("skipped"));
+    assert!(json["message"].as_str().is_some_and(|m| m.contains("gives no anonymous token")), "{json}");
+    assert!(issuer.issued().is_empty(), "no token was issued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_auth_refuses_a_wrong_password() {
     let files = Files::new();
     let (registry, issuer, ca) = token_registry(&files).await;
@@ -444,6 +516,7 @@ async fn a_token_the_registry_does_not_trust() {
     let issuer = TestTokenIssuer::start(
         &ca.server(&["127.0.0.1"]),
         vec![Account { username: USER, password: PASSWORD, grant: Grant::Pull }],
+        None,
     )
     .await;
     let realm = issuer.realm();

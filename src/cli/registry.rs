@@ -362,6 +362,14 @@ fn render_text(report: &Report, credentials_from: Option<&str>, code: u8) -> Str
         Some(false) => "anonymous access: refused at /v2/\n",
         None => "anonymous access: not reached\n",
     };
+    match (report.anonymous_pull, &report.target.repository) {
+        (Some(allowed), Some(repository)) if report.anonymous_access != Some(true) => {
+            let verdict = if allowed { "allowed" } else { "refused" };
+            out += &format!("anonymous pull of {repository}: {verdict}\n");
+        }
+        (Some(false), None) => out += "anonymous pull: refused\n",
+        _ => {}
+    }
     for quirk in &report.quirks {
         out += &format!("quirk {}: {}\n", quirk.name, quirk.message);
     }

@@ -16,9 +16,11 @@
 //! 8. `permission`: nothing answers 403, and a JWT token's `access` claim grants `pull` on the
 //!    repository.
 //!
-//! Without credentials the test stops after the challenge: it shows that the registry is there
-//! and whether it lets anyone in. Nothing fetches a manifest (Docker Hub counts manifest fetches
-//! against its pull quota); `/v2/` and the token say enough.
+//! Without credentials the test shows whether anyone may pull: a Basic registry's test stops
+//! after the challenge, and a Bearer registry is asked for an anonymous token, as a runtime
+//! does for a public image (Docker Hub, GHCR and Quay answer `/v2/` with 401 to everyone, and
+//! their anonymous tokens pull public images). Nothing fetches a manifest (Docker Hub counts
+//! manifest fetches against its pull quota); `/v2/` and the token say enough.
 //!
 //! Secrets stay secret: [`Credentials`] has no `Display` and a `Debug` that hides the password,
 //! tokens are sent as sensitive headers and never kept in the [`Report`], and no message repeats
@@ -186,6 +188,14 @@ pub struct Report {
     /// Whether `GET /v2/` answered 200 without credentials; `None` when it was not reached. A 200
     /// says nothing about credentials: such a registry does not look at them at `/v2/`.
     pub anonymous_access: Option<bool>,
+    /// Whether a client without credentials may pull: true when `/v2/` answers 200 without
+    /// them, or when the token endpoint gives an anonymous token that the registry accepts and
+    /// that grants pull on the repository (Docker Hub, GHCR and Quay for public images); false
+    /// when Basic authentication is asked for, the token endpoint refuses anonymous clients, or
+    /// the anonymous token grants nothing on the repository. `None` when not learned:
+    /// credentials were given, no repository was named, the token is opaque, or the test
+    /// stopped before.
+    pub anonymous_pull: Option<bool>,
     /// The scheme the 401 asked for; `None` when there was no 401.
     pub auth_scheme: Option<AuthScheme>,
     /// Whether credentials were given.
@@ -379,6 +389,7 @@ fn new_report(target: &Target, credentials_given: bool, options: &TestOptions) -
         },
         stages: Vec::new(),
         anonymous_access: None,
+        anonymous_pull: None,
         auth_scheme: None,
         credentials_given,
         credentials_tested: false,
@@ -429,6 +440,7 @@ impl Run<'_> {
                     format!("GET /v2/ answered 200 without credentials{with_version}"),
                 );
                 self.report.anonymous_access = Some(true);
+                self.report.anonymous_pull = Some(true);
                 return Ok(self.anonymous_success());
             }
             StatusCode::UNAUTHORIZED => {
@@ -454,21 +466,21 @@ impl Run<'_> {
         }
 
         let auth = self.read_challenge(&answer)?;
-
-        let Some(credentials) = self.credentials else {
-            self.skip(
-                Stage::Credentials,
-                "no credentials given: only anonymous access was tested".to_owned(),
-            );
-            return Ok(format!(
-                "the registry is reachable and asks for {} authentication; anonymous access is refused at /v2/, and no credentials were given to test",
-                if auth.scheme() == AuthScheme::Basic { "Basic" } else { "Bearer" }
-            ));
-        };
-        match auth {
-            Auth::Basic(_) => self.basic(&mut registry, credentials).await,
-            Auth::Bearer(bearer) => self.bearer(&mut registry, &bearer, credentials).await,
+        match (auth, self.credentials) {
+            (Auth::Basic(_), Some(credentials)) => self.basic(&mut registry, credentials).await,
+            (Auth::Basic(_), None) => {
+                self.report.anonymous_pull = Some(false);
+                self.skip_credentials();
+                Ok("the registry is reachable and asks for Basic authentication; anonymous access is refused at /v2/, and no credentials were given to test".to_owned())
+            }
+            // Without credentials too: Docker Hub, GHCR and Quay answer /v2/ with 401 to
+            // everyone, and give anonymous tokens that pull public images.
+            (Auth::Bearer(bearer), credentials) => self.bearer(&mut registry, &bearer, credentials).await,
         }
+    }
+
+    fn skip_credentials(&mut self) {
+        self.skip(Stage::Credentials, "no credentials given: only anonymous access was tested".to_owned());
     }
 
     /// The dns, connect and tls stages, one at a time.
@@ -601,11 +613,13 @@ impl Run<'_> {
         }
     }
 
+    /// The Bearer handshake: a token from the realm (asked for anonymously without
+    /// credentials), then `/v2/` with it, then what it grants.
     async fn bearer(
         &mut self,
         registry: &mut Endpoint,
         bearer: &Bearer,
-        credentials: &Credentials,
+        credentials: Option<&Credentials>,
     ) -> Result<String, Failure> {
         let realm = &bearer.realm;
         let tls = if realm.https {
@@ -621,11 +635,23 @@ impl Run<'_> {
             })?;
         let path = token_path(bearer, self.target.repository.as_deref());
         let answer = endpoint
-            .get(&path, Some(credentials.basic()), token::MAX_RESPONSE_BYTES)
+            .get(&path, credentials.map(Credentials::basic), token::MAX_RESPONSE_BYTES)
             .await
             .map_err(|e| self.token_endpoint_failure("request", e))?;
         match answer.status {
             StatusCode::OK => {}
+            status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) if credentials.is_none() => {
+                self.ok(
+                    Stage::TokenEndpoint,
+                    format!("{} answers {}: no anonymous token", realm.shown, status_text(status)),
+                );
+                self.report.anonymous_pull = Some(false);
+                self.skip_credentials();
+                return Ok(format!(
+                    "the registry asks for Bearer authentication and its token endpoint {} gives no anonymous token; no credentials were given to test",
+                    realm.shown
+                ));
+            }
             StatusCode::UNAUTHORIZED => {
                 self.ok(Stage::TokenEndpoint, format!("{} answers", realm.shown));
                 self.report.credentials_tested = true;
@@ -673,7 +699,12 @@ impl Run<'_> {
                 "the token cannot be sent in a header".to_owned(),
             ));
         };
-        let kind = if issued.claims.is_some() { "a JWT" } else { "an opaque" };
+        let kind = match (credentials, issued.claims.is_some()) {
+            (Some(_), true) => "a JWT",
+            (Some(_), false) => "an opaque",
+            (None, true) => "an anonymous JWT",
+            (None, false) => "an anonymous opaque",
+        };
         let lifetime = issued.expires_in.map_or(String::new(), |s| format!(", valid for {s} s"));
         self.ok(Stage::TokenEndpoint, format!("{} issued {kind} token{lifetime}", realm.shown));
 
@@ -681,8 +712,12 @@ impl Run<'_> {
             .get("/v2/", Some(authorization), IGNORED_BODY_BYTES)
             .await
             .map_err(|e| self.fail(Stage::Credentials, e))?;
-        self.report.credentials_tested = true;
+        self.report.credentials_tested = credentials.is_some();
         match answer.status {
+            StatusCode::OK if credentials.is_none() => self.ok(
+                Stage::Credentials,
+                "no credentials given: GET /v2/ with the anonymous token answered 200".to_owned(),
+            ),
             StatusCode::OK => self.ok(Stage::Credentials, "GET /v2/ with the token answered 200".to_owned()),
             StatusCode::UNAUTHORIZED => {
                 return Err(self.fail_with(
@@ -708,7 +743,50 @@ impl Run<'_> {
                 ));
             }
         }
-        self.permission(&issued)
+        match credentials {
+            Some(_) => self.permission(&issued),
+            None => Ok(self.anonymous_permission(&issued)),
+        }
+    }
+
+    /// What an anonymous token grants on the repository: whether anyone may pull it. Not a
+    /// failure either way, as the test without credentials only reports what anyone gets.
+    fn anonymous_permission(&mut self, issued: &IssuedToken) -> String {
+        let Some(repository) = self.target.repository.clone() else {
+            self.skip(
+                Stage::Permission,
+                "no repository to check (name one in the URL or with --repository)".to_owned(),
+            );
+            return "the registry gives anonymous tokens and accepts them at /v2/; name a repository (--repository) to see whether anyone may pull it".to_owned();
+        };
+        let Some(access) = issued.claims.as_ref().and_then(|claims| claims.access.as_deref()) else {
+            self.skip(
+                Stage::Permission,
+                "the anonymous token is opaque or has no access claim, so its scope cannot be read"
+                    .to_owned(),
+            );
+            return format!(
+                "the registry gives anonymous tokens and accepts them at /v2/; whether anyone may pull {repository} shows only when pulling"
+            );
+        };
+        let granted = token::grants_pull(access, &repository);
+        self.report.anonymous_pull = Some(granted);
+        if granted {
+            self.ok(Stage::Permission, format!("the anonymous token grants pull on {repository}"));
+            return format!(
+                "anyone may pull {repository}: the registry gives anonymous tokens that grant it"
+            );
+        }
+        let hint = match self.target.repository_from {
+            Some(RepositorySource::Policy) => {
+                " (the repository is the policy entry's path, a prefix that may name no repository: name one with --repository)"
+            }
+            _ => "",
+        };
+        self.ok(Stage::Permission, format!("the anonymous token grants no pull on {repository}{hint}"));
+        format!(
+            "anonymous pull of {repository} is refused: the anonymous token grants nothing on it; no credentials were given to test"
+        )
     }
 
     /// What the token says it grants on the repository.
@@ -1028,6 +1106,7 @@ mod tests {
             "target",
             "stages",
             "anonymous_access",
+            "anonymous_pull",
             "auth_scheme",
             "credentials_given",
             "credentials_tested",

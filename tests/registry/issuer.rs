@@ -3,7 +3,8 @@
 //! with Debian, so this one stands in for it, speaking the distribution token protocol:
 //!
 //! - `GET /token?service=S&scope=repository:NAME:pull` with Basic credentials;
-//! - wrong or no credentials: 401;
+//! - wrong credentials: 401; none: an anonymous token when the issuer gives them (as Docker Hub,
+//!   GHCR and Quay do, granting pull on public repositories), else 401;
 //! - otherwise `{"token", "access_token", "expires_in"}`, a JWT signed ES256 with ring whose
 //!   header carries `x5c` with the signing certificate (the registry's `rootcertbundle` holds the
 //!   same certificate; distribution 2.8 verifies the chain and the signature), and whose `access`
@@ -34,6 +35,18 @@ pub enum Grant {
     /// Nothing: a token with an empty `access` claim, as token services issue for a repository
     /// the account may not use.
     Nothing,
+    /// `pull` on the repositories asked for whose names start with the prefix (the public ones).
+    PullUnder(&'static str),
+}
+
+impl Grant {
+    fn grants_pull(self, repository: &str) -> bool {
+        match self {
+            Grant::Pull => true,
+            Grant::Nothing => false,
+            Grant::PullUnder(prefix) => repository.starts_with(prefix),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -53,7 +66,13 @@ pub struct TestTokenIssuer {
 }
 
 impl TestTokenIssuer {
-    pub async fn start(serving: &ServerCert, accounts: Vec<Account>) -> TestTokenIssuer {
+    /// An issuer for the accounts; `anonymous` is what a request without credentials gets, or
+    /// `None` for a 401.
+    pub async fn start(
+        serving: &ServerCert,
+        accounts: Vec<Account>,
+        anonymous: Option<Grant>,
+    ) -> TestTokenIssuer {
         let signing = SigningCert::new();
         let signing_cert_pem = signing.cert_pem.clone();
         let issued = Arc::new(Mutex::new(Vec::new()));
@@ -74,14 +93,17 @@ impl TestTokenIssuer {
                 }
                 let query = request.uri().query().unwrap_or_default();
                 let params = parse_query(query);
-                let account = authorization(request)
-                    .and_then(|value| value.strip_prefix("Basic "))
-                    .and_then(|encoded| STANDARD.decode(encoded).ok())
-                    .and_then(|decoded| String::from_utf8(decoded).ok())
-                    .and_then(|pair| {
-                        let (user, password) = pair.split_once(':')?;
-                        accounts.iter().find(|a| a.username == user && a.password == password).cloned()
-                    });
+                let account = match authorization(request) {
+                    None => anonymous.map(|grant| Account { username: "", password: "", grant }),
+                    Some(value) => value
+                        .strip_prefix("Basic ")
+                        .and_then(|encoded| STANDARD.decode(encoded).ok())
+                        .and_then(|decoded| String::from_utf8(decoded).ok())
+                        .and_then(|pair| {
+                            let (user, password) = pair.split_once(':')?;
+                            accounts.iter().find(|a| a.username == user && a.password == password).cloned()
+                        }),
+                };
                 let Some(account) = account else {
                     return respond(
                         401,
@@ -99,7 +121,7 @@ impl TestTokenIssuer {
                         let mut parts = scope.splitn(3, ':');
                         let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
                         let wants_pull = actions.split(',').any(|a| a == "pull");
-                        (kind == "repository" && wants_pull && account.grant == Grant::Pull)
+                        (kind == "repository" && wants_pull && account.grant.grants_pull(name))
                             .then(|| json!({"type": "repository", "name": name, "actions": ["pull"]}))
                     })
                     .collect();

@@ -86,6 +86,15 @@ def policy_decide(texts):
     for image in ["nginx", "busybox:1.36", "library/busybox", "acme/app:1", "sha256:0123"]:
         for namespace in range(8):
             write("policy_decide", bytes([namespace]) + image.encode())
+    # The example policy's `match: exact` entry and its digest rule, and its exception, which
+    # applies in namespace 8 (monitoring).
+    for image in [
+        "registry.vendor.example/appliance/controller:1",
+        f"registry.vendor.example/appliance/controller@{DIGEST}",
+        "registry.vendor.example/appliance/controller/app:1",
+    ]:
+        write("policy_decide", b"\0" + image.encode())
+    write("policy_decide", bytes([8]) + b"quay.io/legacy-vendor/agent:4.2")
 
 
 def review(kind, operation, obj, old=None, namespace="shop"):

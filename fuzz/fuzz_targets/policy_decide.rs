@@ -4,7 +4,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use registry_gate::image::DOCKER_HUB;
-use registry_gate::policy::{Decision, Denial, DenyRule, Namespace, Policy, RegistryPattern};
+use registry_gate::policy::{Decision, Denial, DenyRule, Namespace, Policy, Registry, RegistryPattern};
 
 /// Wildcards in every position the matcher treats differently: leading, inner, several, with a
 /// port; many labels; IPv6; `:443`; deny rules on wildcard hosts; namespace scopes.
@@ -51,8 +51,9 @@ deny:
   - {url: "*.docker.io/evil"}
 "#;
 
-const NAMESPACES: [&str; 8] =
-    ["shop", "prod-payments", "lab", "dev-x", "kube-system", "marketing", "", "prod-"];
+/// `monitoring` is where the example policy's exception applies.
+const NAMESPACES: [&str; 9] =
+    ["shop", "prod-payments", "lab", "dev-x", "kube-system", "marketing", "", "prod-", "monitoring"];
 
 fn policies() -> &'static [Policy; 3] {
     static POLICIES: OnceLock<[Policy; 3]> = OnceLock::new();
@@ -69,6 +70,14 @@ fn covers(pattern: &RegistryPattern, host: &str, path: &str) -> bool {
     let under = |rest: &str| rest.is_empty() || rest.starts_with('/');
     let hub = host == DOCKER_HUB && pattern.host.covers_docker_hub_alias();
     (hub || pattern.host.matches(host)) && (prefix.is_empty() || path.strip_prefix(prefix).is_some_and(under))
+}
+
+/// An entry's naive meaning: `match: exact` admits its one repository and nothing under it.
+fn entry_covers(registry: &Registry, host: &str, path: &str) -> bool {
+    match registry.exact {
+        true => covers(&registry.pattern, host, path) && path == &*registry.pattern.path,
+        false => covers(&registry.pattern, host, path),
+    }
 }
 
 fn check(policy: &Policy, image: &str, namespace: &str) {
@@ -96,19 +105,35 @@ fn check(policy: &Policy, image: &str, namespace: &str) {
         covers(&rule.pattern, host, &path) || (mirrored && covers(&rule.pattern, DOCKER_HUB, &path))
     };
     let denied = policy.deny.iter().any(deny_covers);
-    let allowed = policy.registries.iter().any(|registry| covers(&registry.pattern, host, &path));
+    let allowed = policy.registries.iter().any(|registry| entry_covers(registry, host, &path));
+    let in_scope = |r: &Registry| r.admits_namespace(&Namespace::named(namespace));
     let consistent = match decision {
         Decision::Allowed(r) => {
-            !denied && covers(&r.pattern, host, &path) && r.admits_namespace(&Namespace::named(namespace))
+            !denied
+                && entry_covers(r, host, &path)
+                && in_scope(r)
+                && r.tag_rules.broken_by(&reference).is_none()
         }
         Decision::Denied(Denial::NamespaceNotAllowed(r)) => {
-            !denied && covers(&r.pattern, host, &path) && !r.admits_namespace(&Namespace::named(namespace))
+            !denied && entry_covers(r, host, &path) && !in_scope(r)
+        }
+        Decision::Denied(Denial::TagRule(r, rule)) => {
+            !denied
+                && entry_covers(r, host, &path)
+                && in_scope(r)
+                && r.tag_rules.broken_by(&reference) == Some(rule)
         }
         Decision::Denied(Denial::DenyListed(rule)) => deny_covers(rule),
         Decision::Denied(Denial::Unregistered) => !denied && !allowed,
         Decision::Denied(Denial::InvalidReference(_)) => false,
-        // The policies here set no tag rules and no exceptions: neither may decide.
-        Decision::Denied(Denial::TagRule(..)) | Decision::Excepted(..) => false,
+        // Admitted by an exception in force that names the image (or its repository) and the
+        // namespace; the rules alone would have refused it.
+        Decision::Excepted(exception, _) => {
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            !exception.is_expired(i64::try_from(now).unwrap_or(i64::MAX))
+                && exception.covers(&reference, policy.short_name_host.key(), namespace)
+        }
     };
     assert!(consistent, "{image:?} in {namespace:?}: {decision:?}");
 }

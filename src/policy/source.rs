@@ -57,8 +57,8 @@ impl Fingerprint {
     }
 }
 
-/// Reloads a policy file whenever its content differs from `loaded` (the text read at start) or
-/// from the last text seen, polling every `interval`.
+/// Reloads a policy file whenever its content differs from the text read at start (`loaded` is
+/// its fingerprint) or from the last text seen, polling every `interval`.
 pub async fn watch_file(path: PathBuf, loaded: Fingerprint, store: Arc<PolicyStore>, interval: Duration) {
     let source = path.display().to_string();
     let mut last = loaded;

@@ -32,8 +32,15 @@ if [[ $# -gt 0 ]]; then
 else
     mapfile -t targets < <("${cargo[@]}" list --fuzz-dir "$fuzz_dir")
 fi
-# Built before the clock starts, so that every target gets its full time.
-"${cargo[@]}" build --fuzz-dir "$fuzz_dir"
+# Built before the clock starts, so that every target gets its full time. A failed build is tried
+# once more: a compiler error fails again, while a passing fault (a build job killed for memory,
+# say) should not fail the run. The disk left is printed, since a full disk is the usual cause.
+if ! "${cargo[@]}" build --fuzz-dir "$fuzz_dir"; then
+    echo "fuzz/run.sh: the build failed; building once more. Disk and memory now:" >&2
+    df -h "$fuzz_dir" >&2 || true
+    free -m >&2 || true
+    "${cargo[@]}" build --fuzz-dir "$fuzz_dir"
+fi
 
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT

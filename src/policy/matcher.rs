@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use foldhash::fast::RandomState;
 
 use super::pattern::{RegistryPattern, WildcardShape};
+use crate::image::grammar;
 
 /// Room for a repository path (255) with `library/` written in front of it.
 pub(super) const PATH_BUF_LEN: usize = crate::image::PATH_MAX_LEN + 8;
@@ -57,7 +58,31 @@ impl ExactRepositories {
 pub(super) struct Index {
     exact: HostTable,
     /// One table per wildcard shape, most specific shape first.
-    wildcards: Vec<(WildcardShape, HostTable)>,
+    wildcards: Vec<ShapeTable>,
+}
+
+/// The hosts of one wildcard shape, by key.
+#[derive(Debug)]
+struct ShapeTable {
+    shape: WildcardShape,
+    /// Bit `n` set when some key is `n` bytes long (bit 127: 127 or longer). Most image hosts
+    /// are not of the shape, and most of those are turned away by their key's length here,
+    /// without hashing it.
+    key_lengths: u128,
+    hosts: HostTable,
+}
+
+impl ShapeTable {
+    fn length_bit(key: &str) -> u128 {
+        1 << key.len().min(127)
+    }
+
+    fn get(&self, key: &str) -> Option<&HostRules> {
+        if self.key_lengths & Self::length_bit(key) == 0 {
+            return None;
+        }
+        self.hosts.get(key)
+    }
 }
 
 /// What an image's host and path matched: entry positions in the policy's lists.
@@ -76,10 +101,18 @@ struct HostRules {
 /// Path prefixes of one host, each with the position of its entry.
 #[derive(Debug)]
 enum Prefixes {
-    /// Few prefixes, deepest first.
-    Scan(Vec<(Box<str>, usize)>),
+    /// Few prefixes, deepest first, each with its depth.
+    Scan(Vec<ScannedPrefix>),
     /// Many. Boxed: few hosts have this many, and every host would otherwise hold its room.
     Hashed(Box<HashedPrefixes>),
+}
+
+#[derive(Debug)]
+struct ScannedPrefix {
+    prefix: Box<str>,
+    /// Its number of components, counted once here rather than on every match.
+    depth: u32,
+    position: usize,
 }
 
 /// Prefixes by text, with bit `d` of `depths` set when some prefix has `d` components.
@@ -109,14 +142,16 @@ impl Prefixes {
     fn insert(&mut self, prefix: &str, position: usize) {
         if let Prefixes::Scan(list) = self {
             if list.len() < SCAN_LIMIT {
-                list.push((prefix.into(), position));
-                list.sort_by_key(|(p, _)| std::cmp::Reverse(depth_of(p)));
+                // At most MAX_PATH_DEPTH.
+                let depth = depth_of(prefix) as u32;
+                list.push(ScannedPrefix { prefix: prefix.into(), depth, position });
+                list.sort_by_key(|p| std::cmp::Reverse(p.depth));
                 return;
             }
             let mut hashed = HashedPrefixes { by_prefix: HashMap::default(), depths: 0 };
-            for (p, e) in list.drain(..) {
-                hashed.depths |= 1 << depth_of(&p);
-                hashed.by_prefix.insert(p, e);
+            for p in list.drain(..) {
+                hashed.depths |= 1 << p.depth;
+                hashed.by_prefix.insert(p.prefix, p.position);
             }
             *self = Prefixes::Hashed(Box::new(hashed));
         }
@@ -138,39 +173,40 @@ impl Prefixes {
     fn deepest(&self, path: &str) -> Option<(usize, usize)> {
         match self {
             Prefixes::Scan(list) => {
-                list.iter().find(|(prefix, _)| covers(prefix, path)).map(|(p, e)| (depth_of(p), *e))
+                list.iter().find(|p| covers(&p.prefix, path)).map(|p| (p.depth as usize, p.position))
             }
-            Prefixes::Hashed(hashed) => {
-                let components = depth_of(path);
-                let mut remaining = hashed.depths & (u64::MAX >> (63 - components.min(63)));
-                while remaining != 0 {
-                    let depth = (u64::BITS - 1 - remaining.leading_zeros()) as usize;
-                    remaining &= !(1 << depth);
-                    if let Some(&entry) = hashed.by_prefix.get(&path[..prefix_end(path, depth)]) {
-                        return Some((depth, entry));
-                    }
-                }
-                None
-            }
+            Prefixes::Hashed(hashed) => hashed.deepest(path),
         }
     }
 }
 
-/// Length of the first `depth` components of `path`.
-fn prefix_end(path: &str, depth: usize) -> usize {
-    if depth == 0 {
-        return 0;
-    }
-    let mut seen = 0;
-    for (i, byte) in path.bytes().enumerate() {
-        if byte == b'/' {
-            seen += 1;
-            if seen == depth {
-                return i;
-            }
+impl HashedPrefixes {
+    /// Looks up the path's first components at each depth in use, in one pass from the left
+    /// that stops after the deepest: the deepest that is present wins.
+    fn deepest(&self, path: &str) -> Option<(usize, usize)> {
+        let mut found = None;
+        if self.depths & 1 != 0 {
+            found = self.by_prefix.get("").map(|&entry| (0, entry));
         }
+        if path.is_empty() {
+            return found;
+        }
+        let deepest_in_use = (u64::BITS - 1 - self.depths.leading_zeros()) as usize;
+        let mut start = 0;
+        for depth in 1..=deepest_in_use {
+            let end = grammar::find_byte(&path[start..], b'/').map_or(path.len(), |i| start + i);
+            if self.depths >> depth & 1 == 1 {
+                if let Some(&entry) = self.by_prefix.get(&path[..end]) {
+                    found = Some((depth, entry));
+                }
+            }
+            if end == path.len() {
+                break;
+            }
+            start = end + 1;
+        }
+        found
     }
-    path.len()
 }
 
 /// Keeps the deeper of two matches; at equal depth the one found first (exact host before
@@ -219,7 +255,7 @@ impl Index {
             let rules = index.exact.entry(hub.host.key().into()).or_default();
             Self::insert(rules, pattern, is_deny, position);
         }
-        index.wildcards.sort_by_key(|(shape, _)| shape.specificity());
+        index.wildcards.sort_by_key(|table| table.shape.specificity());
         index.shrink_to_fit();
         index
     }
@@ -227,8 +263,7 @@ impl Index {
     /// A policy lives until the next edit, so the room grown while building is given back:
     /// a third of the index at 10,000 entries (benches/RESULTS.md).
     fn shrink_to_fit(&mut self) {
-        let tables =
-            std::iter::once(&mut self.exact).chain(self.wildcards.iter_mut().map(|(_, table)| table));
+        let tables = std::iter::once(&mut self.exact).chain(self.wildcards.iter_mut().map(|t| &mut t.hosts));
         for table in tables {
             table.shrink_to_fit();
             for rules in table.values_mut() {
@@ -251,15 +286,17 @@ impl Index {
             return self.exact.entry(pattern.host.key().into()).or_default();
         }
         let shape = pattern.host.shape();
-        let table = match self.wildcards.iter().position(|(s, _)| *s == shape) {
+        let table = match self.wildcards.iter().position(|t| t.shape == shape) {
             Some(i) => i,
             None => {
-                self.wildcards.push((shape, HashMap::default()));
+                self.wildcards.push(ShapeTable { shape, key_lengths: 0, hosts: HashMap::default() });
                 self.wildcards.len() - 1
             }
         };
+        let table = &mut self.wildcards[table];
         let key = shape.pattern_key(&pattern.host);
-        self.wildcards[table].1.entry(key.into()).or_default()
+        table.key_lengths |= ShapeTable::length_bit(key);
+        table.hosts.entry(key.into()).or_default()
     }
 
     /// The most specific allow and deny entries covering `host` (canonical) and `path`: the
@@ -275,8 +312,8 @@ impl Index {
             visit(rules);
         }
         let mut mask_buf = None;
-        for (shape, table) in &self.wildcards {
-            if let Some(rules) = shape.key(host, &mut mask_buf).and_then(|key| table.get(key)) {
+        for table in &self.wildcards {
+            if let Some(rules) = table.shape.key(host, &mut mask_buf).and_then(|key| table.get(key)) {
                 visit(rules);
             }
         }
@@ -336,6 +373,23 @@ mod tests {
         assert_eq!(allow(&index, "ghcr.io", "org7/app"), Some(7));
         assert_eq!(allow(&index, "ghcr.io", "org7-evil/app"), None);
         assert_eq!(allow(&index, "ghcr.io", "org49"), Some(49));
+        // A deeper prefix that misses leaves the shallower match standing.
+        assert_eq!(allow(&index, "ghcr.io", "org7/teams/app"), Some(7));
+        assert_eq!(allow(&index, "ghcr.io", "org7/team"), Some(50));
+
+        // Depths 0 to 3 on one host, each reached or missed.
+        let urls: Vec<String> = ["ghcr.io".into(), "ghcr.io/a/b/c".into()]
+            .into_iter()
+            .chain((0..10).map(|i| format!("ghcr.io/o{i}")))
+            .collect();
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+        let deep = self::index(&urls);
+        assert_eq!(allow(&deep, "ghcr.io", "a/b/c/d"), Some(1));
+        assert_eq!(allow(&deep, "ghcr.io", "a/b/c"), Some(1));
+        assert_eq!(allow(&deep, "ghcr.io", "a/b"), Some(0));
+        assert_eq!(allow(&deep, "ghcr.io", "a/b/cd"), Some(0));
+        assert_eq!(allow(&deep, "ghcr.io", "o3/x/y/z"), Some(5));
+        assert_eq!(allow(&deep, "ghcr.io", "x"), Some(0));
     }
 
     #[test]
@@ -359,6 +413,11 @@ mod tests {
         let index = index(&["*.azurecr.io", "acme.azurecr.io", "*.azurecr.io/team", "a.*.example.com"]);
         assert_eq!(allow(&index, "acme.azurecr.io", "app"), Some(1));
         assert_eq!(allow(&index, "other.azurecr.io", "app"), Some(0));
+        // One label for each `*`: never none, never two, never a port the pattern lacks.
+        assert_eq!(allow(&index, "azurecr.io", "app"), None);
+        assert_eq!(allow(&index, "a.b.azurecr.io", "app"), None);
+        assert_eq!(allow(&index, "other.azurecr.io:5000", "app"), None);
+        assert_eq!(allow(&index, "other.azurecr.iox", "app"), None);
         assert_eq!(allow(&index, "acme.azurecr.io", "team/app"), Some(2));
         assert_eq!(allow(&index, "a.b.azurecr.io", "app"), None);
         assert_eq!(allow(&index, "azurecr.io", "app"), None);

@@ -41,6 +41,9 @@ impl ExactRepositories {
             let paths = table.0.entry(pattern.host.key().into()).or_default();
             paths.entry(pattern.path.clone()).or_insert(position);
         }
+        // Like the index: a policy lives until the next edit, so the growth room goes back.
+        table.0.shrink_to_fit();
+        table.0.values_mut().for_each(HashMap::shrink_to_fit);
         table
     }
 

@@ -40,6 +40,47 @@ const IMAGE_PATHS: &[&str] = &[
     "x/y",
 ];
 const NAMESPACES: &[&str] = &["prod-1", "dev", "other"];
+/// Few hosts and many paths, so that hosts hold more prefixes than the matcher scans and it
+/// hashes them instead, at several depths.
+const CROWDED_HOSTS: &[&str] = &["ghcr.io", "GHCR.io", "*.azurecr.io", "a.azurecr.io", "docker.io"];
+const CROWDED_PATHS: &[&str] = &[
+    "",
+    "acme",
+    "acme/team",
+    "acme/team/x",
+    "acme-evil",
+    "library",
+    "library/nginx",
+    "team",
+    "team/a",
+    "x",
+    "x/y",
+    "x/y/z",
+    "o1",
+    "o2",
+    "o3",
+    "o4",
+    "o5",
+    "o6",
+    "o7",
+    "o8",
+];
+const CROWDED_IMAGE_PATHS: &[&str] = &[
+    "acme/team/x/app",
+    "acme/team/app",
+    "acme/app",
+    "acme-evil/app",
+    "nginx",
+    "library/nginx",
+    "team/a/b",
+    "team/b",
+    "x/y/z/w",
+    "x/y",
+    "x",
+    "o3/app",
+    "o8",
+    "o9/app",
+];
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -47,19 +88,19 @@ struct Entry {
     namespaces: Option<&'static str>,
 }
 
-fn url() -> impl Strategy<Value = String> {
-    (prop::sample::select(HOSTS), prop::sample::select(PATHS))
+fn url(hosts: &'static [&'static str], paths: &'static [&'static str]) -> impl Strategy<Value = String> {
+    (prop::sample::select(hosts), prop::sample::select(paths))
         .prop_map(|(host, path)| if path.is_empty() { host.to_owned() } else { format!("{host}/{path}") })
 }
 
-fn entry() -> impl Strategy<Value = Entry> {
+fn entry(hosts: &'static [&'static str], paths: &'static [&'static str]) -> impl Strategy<Value = Entry> {
     let scope = prop::option::of(prop::sample::select(&["prod-*", "dev", "dev,prod-1"][..]));
-    (url(), scope).prop_map(|(url, namespaces)| Entry { url, namespaces })
+    (url(hosts, paths), scope).prop_map(|(url, namespaces)| Entry { url, namespaces })
 }
 
-fn image() -> impl Strategy<Value = String> {
-    let host = prop::option::of(prop::sample::select(HOSTS).prop_filter("a real host", |h| !h.contains('*')));
-    (host, prop::sample::select(IMAGE_PATHS)).prop_map(|(host, path)| match host {
+fn image(hosts: &'static [&'static str], paths: &'static [&'static str]) -> impl Strategy<Value = String> {
+    let host = prop::option::of(prop::sample::select(hosts).prop_filter("a real host", |h| !h.contains('*')));
+    (host, prop::sample::select(paths)).prop_map(|(host, path)| match host {
         Some(host) => format!("{host}/{path}:1"),
         None => path.to_owned(),
     })
@@ -204,19 +245,42 @@ proptest! {
 
     #[test]
     fn compiled_matcher_agrees_with_the_naive_model(
-        entries in prop::collection::vec(entry(), 0..14),
-        deny in prop::collection::vec(url(), 0..3),
-        images in prop::collection::vec(image(), 1..24),
+        entries in prop::collection::vec(entry(HOSTS, PATHS), 0..14),
+        deny in prop::collection::vec(url(HOSTS, PATHS), 0..3),
+        images in prop::collection::vec(image(HOSTS, IMAGE_PATHS), 1..24),
         namespace in prop::sample::select(NAMESPACES),
     ) {
-        let (text, entries, deny) = policy_text(&entries, &deny);
-        let policy = Policy::parse(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
-        for image in &images {
-            prop_assert_eq!(
-                matcher(&policy, &deny, image, namespace),
-                model(&entries, &deny, image, namespace),
-                "image {} in namespace {}, policy:\n{}", image, namespace, text
-            );
-        }
+        agree(&entries, &deny, &images, namespace)?;
     }
+
+    #[test]
+    fn crowded_hosts_agree_with_the_naive_model(
+        entries in prop::collection::vec(entry(CROWDED_HOSTS, CROWDED_PATHS), 8..48),
+        deny in prop::collection::vec(url(CROWDED_HOSTS, CROWDED_PATHS), 0..16),
+        images in prop::collection::vec(image(CROWDED_HOSTS, CROWDED_IMAGE_PATHS), 1..24),
+        namespace in prop::sample::select(NAMESPACES),
+    ) {
+        agree(&entries, &deny, &images, namespace)?;
+    }
+}
+
+fn agree(
+    entries: &[Entry],
+    deny: &[String],
+    images: &[String],
+    namespace: &str,
+) -> Result<(), TestCaseError> {
+    let (text, entries, deny) = policy_text(entries, deny);
+    let policy = Policy::parse(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+    for image in images {
+        prop_assert_eq!(
+            matcher(&policy, &deny, image, namespace),
+            model(&entries, &deny, image, namespace),
+            "image {} in namespace {}, policy:\n{}",
+            image,
+            namespace,
+            text
+        );
+    }
+    Ok(())
 }

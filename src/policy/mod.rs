@@ -152,7 +152,9 @@ pub struct DenyRule {
 #[derive(Debug, Clone)]
 pub struct NamespacePattern {
     text: String,
-    glob: WildMatch,
+    /// `None` for a plain name, compared as a string: most scopes name their namespaces, and
+    /// the glob matcher costs more per decision and holds a state per character.
+    glob: Option<WildMatch>,
 }
 
 impl NamespacePattern {
@@ -163,11 +165,15 @@ impl NamespacePattern {
                 "{text:?} is not a namespace name or glob (lower-case letters, digits, -, * and ?)"
             ));
         }
-        Ok(NamespacePattern { text: text.to_owned(), glob: WildMatch::new(text) })
+        let glob = text.contains(['*', '?']).then(|| WildMatch::new(text));
+        Ok(NamespacePattern { text: text.to_owned(), glob })
     }
 
     pub fn matches(&self, namespace: &str) -> bool {
-        self.glob.matches(namespace)
+        match &self.glob {
+            Some(glob) => glob.matches(namespace),
+            None => self.text == namespace,
+        }
     }
 }
 
@@ -526,5 +532,27 @@ mod size {
     fn a_registry_entry_stays_small() {
         assert!(std::mem::size_of::<super::Registry>() <= 176, "{}", std::mem::size_of::<super::Registry>());
         assert!(std::mem::size_of::<super::pattern::HostPattern>() <= 32);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NamespacePattern;
+
+    #[test]
+    fn namespace_names_match_whole_and_globs_match_their_shape() {
+        let matches = |pattern: &str, namespace: &str| {
+            NamespacePattern::parse(pattern).expect("a valid pattern").matches(namespace)
+        };
+        assert!(matches("prod", "prod"));
+        assert!(!matches("prod", "prod-1"));
+        assert!(!matches("prod", "pro"));
+        assert!(!matches("prod", ""));
+        assert!(matches("prod-*", "prod-1"));
+        assert!(matches("prod-*", "prod-"));
+        assert!(!matches("prod-*", "dev-prod-1"));
+        assert!(matches("team-?", "team-a"));
+        assert!(!matches("team-?", "team-ab"));
+        assert!(matches("*", "anything"));
     }
 }

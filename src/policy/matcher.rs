@@ -164,6 +164,10 @@ impl Prefixes {
         }
     }
 
+    fn is_empty(&self) -> bool {
+        matches!(self, Prefixes::Scan(list) if list.is_empty())
+    }
+
     /// Gives back the room grown for insertion: a list of one prefix was allocated for four.
     fn shrink_to_fit(&mut self) {
         match self {
@@ -307,9 +311,13 @@ impl Index {
     pub(super) fn lookup(&self, host: &str, path: &str) -> Matches {
         let mut allow = None;
         let mut deny = None;
+        // Most hosts have no deny rule: their empty list is not probed (a call and its set-up
+        // on every decision).
         let mut visit = |rules: &HostRules| {
             allow = deeper(allow, rules.allow.deepest(path));
-            deny = deeper(deny, rules.deny.deepest(path));
+            if !rules.deny.is_empty() {
+                deny = deeper(deny, rules.deny.deepest(path));
+            }
         };
         if let Some(rules) = self.exact.get(host) {
             visit(rules);

@@ -61,7 +61,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 fn pod(namespace: &str, index: usize) -> Vec<u8> {
-    let third = if index % 10 == 0 { "quay.io/unregistered/agent:1" } else { "ghcr.io/acme/agent:1" };
+    let third =
+        if index.is_multiple_of(10) { "quay.io/unregistered/agent:1" } else { "ghcr.io/acme/agent:1" };
     json!({"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": format!("p-{index:06}"), "namespace": namespace,
                         "labels": {"app": "bench", "tier": "web"},

@@ -234,10 +234,10 @@ fn judge(
         let reasons: Vec<&str> = images.iter().filter_map(|i| i.reason.as_deref()).collect();
         if allowed != expectation.allowed {
             failure = Some(format!("it is {}: {}", verdict(allowed), reasons.join("; ")));
-        } else if let Some(reason) = &expectation.reason {
-            if !reasons.iter().any(|r| r.contains(reason.as_str())) {
-                failure = Some(format!("no reason contains {reason:?}: {}", reasons.join("; ")));
-            }
+        } else if let Some(reason) = &expectation.reason
+            && !reasons.iter().any(|r| r.contains(reason.as_str()))
+        {
+            failure = Some(format!("no reason contains {reason:?}: {}", reasons.join("; ")));
         }
     }
     if let (None, Some(want), Subject::Object(object)) =

@@ -716,10 +716,10 @@ impl Webhook {
             }
             if status.is_none() {
                 status = line.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok());
-            } else if let Some((name, value)) = line.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse::<usize>().ok();
-                }
+            } else if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse::<usize>().ok();
             }
         }
         let mut answer = vec![0; length.context("an answer without Content-Length")?];
@@ -870,7 +870,7 @@ impl Load {
                 let mut n: u64 = 0;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
-                    let result = if n % 40 == 0 {
+                    let result = if n.is_multiple_of(40) {
                         webhook.post("/validate", br#"{"kind": "AdmissionReview"}"#).map(|_| ())
                     } else {
                         webhook.review(round[n as usize % round.len()], n).map(|_| ())

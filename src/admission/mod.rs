@@ -379,12 +379,11 @@ pub fn missing_pull_secrets<'p>(
         let Ok(reference) = Reference::parse(image) else { continue };
         if let Decision::Allowed(registry) | Decision::Excepted(_, Some(registry)) =
             policy.decide(&reference, namespace)
+            && let Some(secret) = registry.pull_secret.as_deref()
+            && !existing.contains(secret)
+            && added.insert(secret)
         {
-            if let Some(secret) = registry.pull_secret.as_deref() {
-                if !existing.contains(secret) && added.insert(secret) {
-                    missing.push((secret, registry));
-                }
-            }
+            missing.push((secret, registry));
         }
     }
     missing

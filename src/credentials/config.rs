@@ -185,10 +185,10 @@ impl Entry {
             let field = if *from_auth { "user name in its auth" } else { "username" };
             return Err(SourceProblem::MissingCredential { key: key(), field });
         }
-        if let Some(expected) = required_usernames(registry_type) {
-            if !expected.iter().any(|name| name.as_bytes() == username.as_slice()) {
-                return Err(SourceProblem::UnexpectedUsername { key: key(), registry_type, expected });
-            }
+        if let Some(expected) = required_usernames(registry_type)
+            && !expected.iter().any(|name| name.as_bytes() == username.as_slice())
+        {
+            return Err(SourceProblem::UnexpectedUsername { key: key(), registry_type, expected });
         }
         // Only Google's registries define what a `_json_key` password is.
         let key_file_problem = match username.as_slice() {

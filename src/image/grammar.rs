@@ -162,10 +162,11 @@ pub fn split_tag_and_digest(text: &str) -> Option<(&str, Option<&str>, Option<&s
 /// `name = (domainAndPort '/')? remoteName`, with Go's leftmost-first choice: the first
 /// component is the domain whenever it fits the host grammar and the rest is a valid path.
 pub fn split_name(name: &str) -> Option<(&str, &str)> {
-    if let Some((domain, path)) = split_at_byte(name, b'/') {
-        if is_domain_and_port(domain) && is_remote_name(path) {
-            return Some((domain, path));
-        }
+    if let Some((domain, path)) = split_at_byte(name, b'/')
+        && is_domain_and_port(domain)
+        && is_remote_name(path)
+    {
+        return Some((domain, path));
     }
     is_remote_name(name).then_some(("", name))
 }

@@ -66,11 +66,11 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
     // YAML), and each problem points at its line. Warnings are all about strings.
     if let Some(root) = yaml::parse_json_document(text) {
         let mut problems = Problems::default();
-        if let Some(mut policy) = decode_policy(&root, &mut problems) {
-            if problems.0.is_empty() {
-                policy.warnings = problems.1;
-                return Ok(policy);
-            }
+        if let Some(mut policy) = decode_policy(&root, &mut problems)
+            && problems.0.is_empty()
+        {
+            policy.warnings = problems.1;
+            return Ok(policy);
         }
     }
     parse_yaml(text)
@@ -363,10 +363,10 @@ const DENY_FIELDS: &[&str] = &["url", "reason"];
 fn decode_policy(root: &Node, problems: &mut Problems) -> Option<Policy> {
     let fields = Fields::of(root, "", POLICY_FIELDS, problems)?;
     for (name, want) in [("apiVersion", API_VERSION), ("kind", KIND)] {
-        if let Some((value, line)) = fields.required_string(name, problems) {
-            if value != want {
-                problems.add(name, line, format!("is {value:?}; registry-gate reads {want:?}"));
-            }
+        if let Some((value, line)) = fields.required_string(name, problems)
+            && value != want
+        {
+            problems.add(name, line, format!("is {value:?}; registry-gate reads {want:?}"));
         }
     }
     let mode = match fields.string("mode", problems) {
@@ -494,22 +494,23 @@ fn decode_registry<'n>(
             .map_err(|e| problems.add(&fields.field_path("url"), line, format!("{text:?} {e}")))
             .ok()?;
         seen.url(&pattern, text, index, line, problems);
-        if let Some(registry_type) = registry_type {
-            if let Err(expected) = registry_type.check_host(&pattern.host) {
-                problems.add(
-                    &fields.field_path("url"),
-                    line,
-                    format!("{text:?} does not fit type {registry_type}: {expected}"),
-                );
-            }
+        if let Some(registry_type) = registry_type
+            && let Err(expected) = registry_type.check_host(&pattern.host)
+        {
+            problems.add(
+                &fields.field_path("url"),
+                line,
+                format!("{text:?} does not fit type {registry_type}: {expected}"),
+            );
         }
         Some(pattern)
     });
     let pull_secret_at = fields.string_at("pullSecret", problems);
     let pull_secret = pull_secret_at.map(|(secret, _)| secret);
-    if let (Some((secret, line)), Some(pattern)) = (pull_secret_at, &pattern) {
-        if pattern.host.is_wildcard() {
-            problems.warn(
+    if let (Some((secret, line)), Some(pattern)) = (pull_secret_at, &pattern)
+        && pattern.host.is_wildcard()
+    {
+        problems.warn(
                 &fields.field_path("pullSecret"),
                 line,
                 format!(
@@ -517,7 +518,6 @@ fn decode_registry<'n>(
                     pattern.host.key()
                 ),
             );
-        }
     }
     if let (Some((secret, line)), Some(registry_type)) = (pull_secret_at, registry_type) {
         if !registry_type.takes_pull_secret() {
@@ -574,14 +574,14 @@ fn decode_registry<'n>(
         None | Some("prefix") => false,
         Some("exact") => {
             let line = fields.get("match").map_or(fields.line, |n| n.line);
-            if let Some(pattern) = &pattern {
-                if pattern.host.is_wildcard() || pattern.path.is_empty() {
-                    problems.add(
-                        &fields.field_path("match"),
-                        line,
-                        "is exact, which needs a url naming one repository on one host (no wildcard, a path)",
-                    );
-                }
+            if let Some(pattern) = &pattern
+                && (pattern.host.is_wildcard() || pattern.path.is_empty())
+            {
+                problems.add(
+                    &fields.field_path("match"),
+                    line,
+                    "is exact, which needs a url naming one repository on one host (no wildcard, a path)",
+                );
             }
             true
         }

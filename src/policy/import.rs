@@ -241,10 +241,10 @@ fn kyverno(object: &Value, name: &str, gathered: &mut Gathered) -> bool {
             "ephemeralContainers",
         ] {
             for container in pattern[key].as_array().into_iter().flatten() {
-                if let Some(image) = container["image"].as_str() {
-                    if !globs.contains(&image) {
-                        globs.push(image);
-                    }
+                if let Some(image) = container["image"].as_str()
+                    && !globs.contains(&image)
+                {
+                    globs.push(image);
                 }
             }
         }

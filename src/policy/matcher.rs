@@ -202,10 +202,10 @@ impl HashedPrefixes {
         let mut start = 0;
         for depth in 1..=deepest_in_use {
             let end = grammar::find_byte(&path[start..], b'/').map_or(path.len(), |i| start + i);
-            if self.depths >> depth & 1 == 1 {
-                if let Some(&entry) = self.by_prefix.get(&path[..end]) {
-                    found = Some((depth, entry));
-                }
+            if self.depths >> depth & 1 == 1
+                && let Some(&entry) = self.by_prefix.get(&path[..end])
+            {
+                found = Some((depth, entry));
             }
             if end == path.len() {
                 break;

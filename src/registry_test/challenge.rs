@@ -266,15 +266,13 @@ pub fn parse(text: &str) -> Result<Vec<Challenge>, ChallengeError> {
             } else if !spaced {
                 return Err(ChallengeError::Malformed("a scheme name must be followed by a space"));
             }
-            if first {
-                if let Some(token68) = cursor.token68() {
-                    challenge.token68 = Some(token68.to_owned());
-                    cursor.skip_spaces();
-                    if !cursor.done() && cursor.peek() != Some(b',') {
-                        return Err(ChallengeError::Malformed("unexpected text after a token68"));
-                    }
-                    break;
+            if first && let Some(token68) = cursor.token68() {
+                challenge.token68 = Some(token68.to_owned());
+                cursor.skip_spaces();
+                if !cursor.done() && cursor.peek() != Some(b',') {
+                    return Err(ChallengeError::Malformed("unexpected text after a token68"));
                 }
+                break;
             }
             first = false;
             let (name, value) = cursor.param()?;

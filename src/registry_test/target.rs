@@ -220,10 +220,10 @@ fn canonical_host(authority: &str) -> Result<String, TargetError> {
         return Err(TargetError::BadHost);
     }
     let lower = authority.to_ascii_lowercase();
-    if let (_, Some(port)) = split_port(&lower) {
-        if !port.parse::<u16>().is_ok_and(|p| p > 0) {
-            return Err(TargetError::BadPort);
-        }
+    if let (_, Some(port)) = split_port(&lower)
+        && !port.parse::<u16>().is_ok_and(|p| p > 0)
+    {
+        return Err(TargetError::BadPort);
     }
     let host = lower.strip_suffix(":443").unwrap_or(&lower);
     if DOCKER_HUB_ALIASES.contains(&host) {

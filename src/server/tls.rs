@@ -96,10 +96,10 @@ fn check_validity(path: &Path, certificate: &CertificateDer<'_>) -> Result<i64, 
     if now > validity.not_after {
         return Err(not_valid(format!("it expired at {}", validity.not_after)));
     }
-    if let Some(left) = validity.time_to_expiration() {
-        if left < time::Duration::days(7) {
-            tracing::warn!(target: "registry_gate::tls", cert = %path.display(), expires = %validity.not_after, "serving certificate expires within a week");
-        }
+    if let Some(left) = validity.time_to_expiration()
+        && left < time::Duration::days(7)
+    {
+        tracing::warn!(target: "registry_gate::tls", cert = %path.display(), expires = %validity.not_after, "serving certificate expires within a week");
     }
     Ok(validity.not_after.timestamp())
 }

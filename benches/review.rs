@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use registry_gate::admission::Webhook;
-use registry_gate::admission::review::Request;
+use registry_gate::admission::review::{MAX_JSON_DEPTH, Request, nests_at_most};
 use registry_gate::admission::workload::WorkloadKind;
 use registry_gate::metrics::Metrics;
 use registry_gate::namespaces::NamespaceLabels;
@@ -151,6 +151,9 @@ fn bench_review(c: &mut Criterion) {
         });
         group.bench_with_input(BenchmarkId::new("decode: k8s-openapi Pod", name), &body, |b, body| {
             b.iter(|| images_full(black_box(body)))
+        });
+        group.bench_with_input(BenchmarkId::new("decode: nesting scan", name), &body, |b, body| {
+            b.iter(|| nests_at_most(black_box(body), MAX_JSON_DEPTH))
         });
     }
     group.finish();

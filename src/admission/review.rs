@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use super::workload::{ObjectOnly, ObjectView, Text, optional_object};
 
+mod nesting;
+// Public for `benches/review.rs`, which times the scan on its own.
+pub use nesting::nests_at_most;
+
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
 /// The deepest JSON nesting a review may have. A CronJob review nests about 15 levels and its
@@ -217,126 +221,6 @@ fn describe(error: &sonic_rs::Error) -> String {
     }
 }
 
-/// Whether the JSON text nests no deeper than `limit` arrays and objects.
-///
-/// Brackets inside strings do not count. For text that is not valid JSON the answer covers the
-/// valid prefix that any JSON reader would get through before failing, which is all that
-/// matters for the reader's stack.
-///
-/// Every body is scanned (a typical Pod review has about 170 brackets, so counting them first
-/// rules out nothing), eight bytes at a time: a word with no backslash takes a few mask
-/// operations and, only if it holds a bracket, one step per bracket. A byte-at-a-time scan of
-/// the typical 8 KB review took longer than the rest of the review together (it was the
-/// largest single cost in a profile of the server under load). Words with a backslash, or
-/// that start just after one, take the byte loop, [`NestingScan::bytes`], which is the
-/// reference the fast path is tested against.
-fn nests_at_most(body: &[u8], limit: usize) -> bool {
-    let mut scan = NestingScan { limit, depth: 0, in_string: false, escaped: false };
-    let mut words = body.chunks_exact(8);
-    for chunk in &mut words {
-        let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
-        if scan.escaped || byte_positions(word, b'\\') != 0 {
-            if !scan.bytes(chunk) {
-                return false;
-            }
-            continue;
-        }
-        if !scan.word(word) {
-            return false;
-        }
-    }
-    scan.bytes(words.remainder())
-}
-
-/// Where [`nests_at_most`] is in the text.
-struct NestingScan {
-    limit: usize,
-    depth: usize,
-    in_string: bool,
-    /// The previous byte was a backslash inside a string.
-    escaped: bool,
-}
-
-impl NestingScan {
-    /// One byte at a time; false once the nesting is deeper than the limit.
-    fn bytes(&mut self, bytes: &[u8]) -> bool {
-        for &byte in bytes {
-            if self.in_string {
-                match byte {
-                    _ if self.escaped => self.escaped = false,
-                    b'\\' => self.escaped = true,
-                    b'"' => self.in_string = false,
-                    _ => {}
-                }
-                continue;
-            }
-            match byte {
-                b'"' => self.in_string = true,
-                b'{' | b'[' => {
-                    self.depth += 1;
-                    if self.depth > self.limit {
-                        return false;
-                    }
-                }
-                b'}' | b']' => self.depth = self.depth.saturating_sub(1),
-                _ => {}
-            }
-        }
-        true
-    }
-
-    /// Eight bytes (little-endian) holding no backslash, with no escape pending.
-    fn word(&mut self, word: u64) -> bool {
-        const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
-        // `{` and `[` differ only in bit 0x20, as do `}` and `]`.
-        let folded = word | (BYTE_ONES * 0x20);
-        let (open, close) = (byte_positions(folded, b'{'), byte_positions(folded, b'}'));
-        let quotes = byte_positions(word, b'"');
-        if open | close == 0 {
-            // Only whether the word ends inside a string matters: an odd number of quotes
-            // toggles it (the multiplication sums the quote bits into the top byte).
-            self.in_string ^= ((quotes >> 7).wrapping_mul(BYTE_ONES) >> 56) & 1 == 1;
-            return true;
-        }
-        // The high bit of each byte that is inside a string (or its opening quote): the
-        // running parity of the quotes up to it, flipped when the word starts in a string.
-        let mut inside = quotes;
-        inside ^= inside << 8;
-        inside ^= inside << 16;
-        inside ^= inside << 32;
-        if self.in_string {
-            inside ^= HIGH_BITS;
-        }
-        self.in_string = inside >> 63 == 1;
-        let (open, close) = (open & !inside, close & !inside);
-        let mut brackets = open | close;
-        while brackets != 0 {
-            let at = brackets.trailing_zeros();
-            brackets &= brackets - 1;
-            if open >> at & 1 == 1 {
-                self.depth += 1;
-                if self.depth > self.limit {
-                    return false;
-                }
-            } else {
-                self.depth = self.depth.saturating_sub(1);
-            }
-        }
-        true
-    }
-}
-
-/// 0x01 in every byte of a word.
-const BYTE_ONES: u64 = 0x0101_0101_0101_0101;
-
-/// The high bit of each byte of `word` that equals `byte`, exactly (no false positives from
-/// borrows, unlike the shorter zero-byte test).
-fn byte_positions(word: u64, byte: u8) -> u64 {
-    const LOW_BITS: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    let differs = word ^ (BYTE_ONES * u64::from(byte));
-    !(((differs & LOW_BITS) + LOW_BITS) | differs) & !LOW_BITS
-}
-
 /// An AdmissionResponse, written back inside an AdmissionReview.
 #[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -489,27 +373,6 @@ mod tests {
             let error = Request::parse(body.as_bytes()).expect_err("refused").to_string();
             assert!(!error.contains("s3cr3t"), "{error}");
             assert!(!error.contains('\n') && error.contains("at line 1 column"), "{error}");
-        }
-    }
-
-    #[test]
-    fn the_nesting_scan_ignores_brackets_in_strings() {
-        assert!(nests_at_most(br#"[[["]]]]]]]]"]]]"#, 3));
-        assert!(!nests_at_most(br#"[[["\"[[["[]]]]"#, 3));
-        assert!(nests_at_most(br#"["\\", [[]]]"#, 3));
-        assert!(!nests_at_most(br#"["\\", [[[]]]]"#, 3));
-    }
-
-    proptest::proptest! {
-        /// The word-at-a-time scan answers as the byte loop does, on text dense in the bytes
-        /// that matter (quotes, backslashes, brackets), valid JSON or not.
-        #[test]
-        fn the_nesting_scan_by_words_agrees_with_the_byte_loop(
-            text in proptest::collection::vec(proptest::sample::select(&b"{}[]\\\"a:"[..]), 0..300),
-            limit in 0usize..12,
-        ) {
-            let mut bytes = NestingScan { limit, depth: 0, in_string: false, escaped: false };
-            proptest::prop_assert_eq!(nests_at_most(&text, limit), bytes.bytes(&text));
         }
     }
 

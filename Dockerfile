@@ -37,4 +37,9 @@ LABEL org.opencontainers.image.title="registry-gate" \
 # On PATH, because the manifests and the chart start it as `command: ["registry-gate"]`.
 COPY --from=build /out/registry-gate /usr/local/bin/registry-gate
 USER 65532:65532
+# mimalloc (the amd64 executable's allocator, see Cargo.toml) commits memory as it is used and
+# returns what is freed at once: with its defaults the resident memory after start was 28 MiB
+# instead of 14.6 MiB with a 10,000-entry policy (benches/RESULTS.md). Ignored on arm64.
+ENV MIMALLOC_ARENA_EAGER_COMMIT=0 \
+    MIMALLOC_PURGE_DELAY=0
 ENTRYPOINT ["/usr/local/bin/registry-gate"]

@@ -341,7 +341,7 @@ fn pod_patch(
         if added.is_empty() {
             patch.note = Some("no pull secret to add".to_owned());
         } else {
-            patch.patch = Some(admission::pull_secret_patch(spec, &added));
+            patch.patch = serde_json::to_value(admission::pull_secret_patch(spec, &added)).ok();
             patch.added = added.iter().map(|name| (*name).to_owned()).collect();
             image_pull_secrets.extend(patch.added.iter().cloned());
         }

@@ -261,7 +261,7 @@ impl Response {
     }
 
     /// Attaches a JSON patch (RFC 6902) to apply to the object.
-    pub fn with_patch(mut self, patch: &serde_json::Value) -> Self {
+    pub fn with_patch(mut self, patch: &impl Serialize) -> Self {
         let bytes = serde_json::to_vec(patch).unwrap_or_default();
         self.patch_type = Some("JSONPatch");
         self.patch = Some(base64::engine::general_purpose::STANDARD.encode(bytes));

@@ -59,13 +59,8 @@ impl NestingScan {
                 b'\\' => self.escaped = true,
                 b'"' => self.in_string = !self.in_string,
                 _ if self.in_string => {}
-                b'{' | b'[' => {
-                    self.depth += 1;
-                    if self.depth > self.limit {
-                        return false;
-                    }
-                }
-                b'}' | b']' => self.depth = self.depth.saturating_sub(1),
+                b'{' | b'[' if !self.open() => return false,
+                b'}' | b']' => self.close(),
                 _ => {}
             }
         }
@@ -96,15 +91,26 @@ impl NestingScan {
             let at = brackets.trailing_zeros();
             brackets &= brackets - 1;
             if open >> at & 1 == 1 {
-                self.depth += 1;
-                if self.depth > self.limit {
+                if !self.open() {
                     return false;
                 }
             } else {
-                self.depth = self.depth.saturating_sub(1);
+                self.close();
             }
         }
         true
+    }
+
+    /// One `{` or `[` (counted whatever the answer); false once the nesting is deeper than the
+    /// limit.
+    fn open(&mut self) -> bool {
+        self.depth += 1;
+        self.depth <= self.limit
+    }
+
+    /// One `}` or `]`; below zero only in text that is not JSON, where it stays at zero.
+    fn close(&mut self) {
+        self.depth = self.depth.saturating_sub(1);
     }
 
     /// The bytes of a block that a backslash makes plain text, and whether the block's last

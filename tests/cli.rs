@@ -156,3 +156,35 @@ fn namespace_labels_come_from_flags_or_namespace_objects() {
     let reason = reports[1]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("labels are not known"), "{reason}");
 }
+
+#[test]
+fn match_condition_is_printed_as_a_match_conditions_entry() {
+    let output = registry_gate(&["policy", "match-condition", POLICY]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let entry: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    assert_eq!(entry["name"], "registry-gate-needs-pull-secret");
+    let expression = entry["expression"].as_str().expect("an expression");
+    // The example policy gives ghcr.io/acme and docker.io/acme a pull secret (so Docker Hub's
+    // other names and short names count too), and public.ecr.aws none.
+    for host in ["'ghcr.io': true", "'ghcr.io:443': true", "'index.docker.io': true"] {
+        assert!(expression.contains(host), "{host} missing: {expression}");
+    }
+    assert!(expression.starts_with("[{") && expression.contains("!i.contains('/') ||"), "{expression}");
+    assert!(!expression.contains("public.ecr.aws"), "{expression}");
+}
+
+#[test]
+fn match_condition_refuses_a_policy_too_large_for_one() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("large.yaml");
+    let mut text = String::from("apiVersion: registry-gate.io/v1\nkind: RegistryPolicy\nregistries:\n");
+    for i in 0..1_001 {
+        text += &format!("  - {{name: r{i}, type: Generic, url: r{i}.example.com, pullSecret: s}}\n");
+    }
+    std::fs::write(&path, text).expect("policy written");
+    let output = registry_gate(&["policy", "match-condition", path.to_str().expect("UTF-8 path")]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("should carry no such condition"), "{stderr}");
+}

@@ -16,7 +16,7 @@ use registry_gate::policy::import::{self as policy_import, Peer};
 use registry_gate::policy::in_use::{
     AUDIT_CONFIGMAP, INVENTORY_KEY, Impact, Inventory, Refused, newly_refused,
 };
-use registry_gate::policy::{Labels, Mode, Namespace, Policy};
+use registry_gate::policy::{Labels, Mode, Namespace, Policy, match_condition};
 use serde::Serialize;
 
 use super::{EXIT_ERROR, kube_client, read};
@@ -40,6 +40,12 @@ pub enum PolicyCommand {
         /// Multi-document YAML or JSON (`-` reads standard input).
         file: PathBuf,
     },
+    /// Print the matchConditions entry (JSON) that lets the API server skip the mutating
+    /// webhook for Pods that need no pull secret under this policy (docs/match-condition.md).
+    /// `registry-gate controller` keeps it in the MutatingWebhookConfiguration by itself; this
+    /// is for installs that manage the webhook configuration elsewhere. Exit 1 when the policy
+    /// is too large for such a condition (then the webhook should carry none).
+    MatchCondition { file: PathBuf },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -88,7 +94,25 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
         PolicyCommand::Validate { file } => validate(&file),
         PolicyCommand::Diff(args) => diff(&args),
         PolicyCommand::Import { from, file } => import(from, &file),
+        PolicyCommand::MatchCondition { file } => match_condition(&file),
     }
+}
+
+fn match_condition(path: &Path) -> anyhow::Result<ExitCode> {
+    let policy = load_policy(path)?;
+    let Some(expression) = match_condition::needs_pull_secret(&policy) else {
+        eprintln!(
+            "{}: more hosts with a pull secret than a condition can hold ({} exact, {} wildcard at most); \
+             the mutating webhook should carry no such condition",
+            path.display(),
+            match_condition::MAX_HOSTS,
+            match_condition::MAX_SUFFIXES
+        );
+        return Ok(ExitCode::from(1));
+    };
+    let entry = serde_json::json!({ "name": match_condition::NAME, "expression": expression });
+    println!("{}", serde_json::to_string_pretty(&entry)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn import(from: ImportFrom, path: &Path) -> anyhow::Result<ExitCode> {

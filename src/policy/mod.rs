@@ -8,6 +8,7 @@ mod document;
 mod exception;
 pub mod import;
 pub mod in_use;
+pub mod match_condition;
 mod matcher;
 mod pattern;
 mod registry_type;

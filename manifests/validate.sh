@@ -21,7 +21,7 @@
 #   manifests/validate.sh [start.sh options, e.g. --keep]
 #
 # Prints one line per check and ends with "N passed, N failed, N skipped"; exits 1 if any failed.
-# Needs bash, openssl and base64; Go (for the CRDs) and jq (for one Pod Security check) are
+# Needs bash, openssl, base64 and python3 (to edit a stored object for the guard checks); Go (for the CRDs) and jq (for one Pod Security check) are
 # optional. Writes only to a temporary directory; the control plane is stopped at the end.
 set -uo pipefail
 {
@@ -137,9 +137,9 @@ only_cert_manager_kinds_unknown() {
   other="$(grep -v -e 'serverside-applied (server dry run)' -e 'no matches for kind' \
     -e '^ensure CRDs are installed first' <<<"${out}" | grep -c .)"
   echo "accepted: ${accepted}, unknown cert-manager kinds: ${unknown}, other lines: ${other}"
-  [[ "${accepted}" == 19 && "${unknown}" == 2 && "${other}" == 0 ]]
+  [[ "${accepted}" == 21 && "${unknown}" == 2 && "${other}" == 0 ]]
 }
-check "dry-run without CRDs: overlays/cert-manager (all 19 objects of the base accepted)" \
+check "dry-run without CRDs: overlays/cert-manager (all 21 objects of the base accepted)" \
   only_cert_manager_kinds_unknown
 
 # module_dir MODULE VERSION: the module's directory in the Go module cache, downloaded if needed.
@@ -417,8 +417,49 @@ check "RBAC controller: nothing on workloads, its own Deployment included" \
   can_all "${CONTROLLER}" no deployments.apps registry-gate update patch
 check "RBAC controller: nothing on validating webhook configurations" \
   can_all "${CONTROLLER}" no validatingwebhookconfigurations.admissionregistration.k8s.io "" update patch delete
-check "RBAC controller: nothing on mutating webhook configurations" \
-  can_all "${CONTROLLER}" no mutatingwebhookconfigurations.admissionregistration.k8s.io "" update patch delete
+check "RBAC controller: get and update of mutatingwebhookconfiguration/registry-gate (its match condition)" \
+  can_all "${CONTROLLER}" yes mutatingwebhookconfigurations.admissionregistration.k8s.io/registry-gate "" get update
+check "RBAC controller: no patch or delete of mutatingwebhookconfiguration/registry-gate" \
+  can_all "${CONTROLLER}" no mutatingwebhookconfigurations.admissionregistration.k8s.io/registry-gate "" patch delete
+check "RBAC controller: nothing on any other mutating webhook configuration" \
+  can_all "${CONTROLLER}" no mutatingwebhookconfigurations.admissionregistration.k8s.io/other "" get update
+check "RBAC controller: no create, list or watch of mutating webhook configurations" \
+  can_all "${CONTROLLER}" no mutatingwebhookconfigurations.admissionregistration.k8s.io "" create list watch
+# base/guard-controller.yaml: the API server itself refuses an update by the controller that
+# changes more than its one matchCondition. Each edit is made to the stored object and PUT as
+# the controller's ServiceAccount.
+put_as_controller() { # PYTHON-EDIT (of the configuration `m`)
+  local edited
+  edited="$(k get mutatingwebhookconfiguration registry-gate -o json | python3 -c "
+import json, sys
+m = json.load(sys.stdin)
+hook = m['webhooks'][0]
+$1
+print(json.dumps(m))")" || return 1
+  k replace --raw /apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/registry-gate \
+    --as="${CONTROLLER}" -f - <<<"${edited}" >/dev/null
+}
+check "guard: the controller may add its matchCondition registry-gate-needs-pull-secret" \
+  put_as_controller "hook['matchConditions'].append({'name': 'registry-gate-needs-pull-secret', 'expression': 'true'})"
+check "guard: the controller may change it" \
+  put_as_controller "[c.update(expression='1 == 1') for c in hook['matchConditions'] if c['name'] == 'registry-gate-needs-pull-secret']"
+refused "guard: the controller may not point the webhook at another Service" \
+  'registry-gate-controller-guard.*may change only the matchCondition' \
+  put_as_controller "hook['clientConfig']['service']['name'] = 'elsewhere'"
+refused "guard: the controller may not change the failurePolicy" \
+  'registry-gate-controller-guard.*may change only the matchCondition' \
+  put_as_controller "hook['failurePolicy'] = 'Ignore'"
+refused "guard: the controller may not change the install's own matchConditions" \
+  'registry-gate-controller-guard.*may change only the matchCondition' \
+  put_as_controller "hook['matchConditions'][0]['expression'] = 'false'"
+refused "guard: the controller may not add a webhook" \
+  'registry-gate-controller-guard.*may not add, remove, rename or reorder webhooks' \
+  put_as_controller "m['webhooks'].append(dict(hook, name='more.example.com'))"
+refused "guard: the controller may not change labels" \
+  'registry-gate-controller-guard.*may not change the configuration' \
+  put_as_controller "m['metadata']['labels']['team'] = 'x'"
+check "guard: the controller may remove its matchCondition" \
+  put_as_controller "hook['matchConditions'] = [c for c in hook['matchConditions'] if c['name'] != 'registry-gate-needs-pull-secret']"
 check "RBAC controller: no RoleBindings" \
   can_all "${CONTROLLER}" no rolebindings.rbac.authorization.k8s.io registry-gate create update
 check "RBAC controller: no bind or escalate of ClusterRoles" \

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use registry_gate::controller::audit::AuditOptions;
 use registry_gate::controller::connection::ConnectionOptions;
+use registry_gate::controller::match_condition::MatchConditionOptions;
 use registry_gate::controller::{self, ControllerOptions, SyncMetrics};
 use registry_gate::metrics::Metrics;
 use registry_gate::policy::PolicyStore;
@@ -66,6 +67,14 @@ pub struct ControllerArgs {
     /// registries with a private CA).
     #[arg(long)]
     registry_test_ca_file: Option<PathBuf>,
+    /// The MutatingWebhookConfiguration whose pull-secrets.registry-gate.io webhook gets the
+    /// matchCondition that skips Pods needing no pull secret, kept in step with the policy
+    /// (docs/match-condition.md); an empty name leaves the configuration alone.
+    #[arg(long, default_value = "registry-gate")]
+    mutating_webhook_configuration: String,
+    /// Seconds between checks that the match condition is still there and current.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    match_condition_recheck_seconds: u64,
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
 }
@@ -138,6 +147,18 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
                 extra_roots,
             };
             background.spawn(controller::connection::run(client.clone(), store.clone(), connection, metrics.connection()));
+        }
+        if !args.mutating_webhook_configuration.is_empty() {
+            let condition = MatchConditionOptions {
+                configuration: args.mutating_webhook_configuration.clone(),
+                recheck: Duration::from_secs(args.match_condition_recheck_seconds),
+            };
+            background.spawn(controller::match_condition::run(
+                client.clone(),
+                store.clone(),
+                condition,
+                metrics.match_condition(),
+            ));
         }
         graceful.spawn(controller::run(client, store.clone(), options, metrics.clone(), ready.clone(), stopped()));
         let operations = controller::serve_operations(listener, store, metrics, ready, stopped());

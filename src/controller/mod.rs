@@ -23,6 +23,7 @@
 pub mod audit;
 pub mod connection;
 pub mod ecr;
+pub mod match_condition;
 pub mod sync;
 
 use std::collections::{BTreeMap, HashMap};
@@ -81,6 +82,8 @@ pub struct SyncMetrics {
     audit: audit::AuditMetrics,
     /// The periodic registry connection tests' metrics.
     connection: connection::ConnectionMetrics,
+    /// Whether the mutating webhook's match condition is the policy's.
+    match_condition: match_condition::MatchConditionMetrics,
 }
 
 impl SyncMetrics {
@@ -122,6 +125,7 @@ impl SyncMetrics {
             ecr: ecr::EcrMetrics::new(),
             audit: audit::AuditMetrics::new(),
             connection: connection::ConnectionMetrics::new(),
+            match_condition: match_condition::MatchConditionMetrics::new(),
         }
     }
 
@@ -133,6 +137,11 @@ impl SyncMetrics {
     /// The connection tests' metrics, exported with these.
     pub fn connection(&self) -> connection::ConnectionMetrics {
         self.connection.clone()
+    }
+
+    /// The match condition's metric, exported with these.
+    pub fn match_condition(&self) -> match_condition::MatchConditionMetrics {
+        self.match_condition.clone()
     }
 
     /// The audit's metrics, exported with these.
@@ -147,6 +156,7 @@ impl SyncMetrics {
             + &self.ecr.render()
             + &self.audit.render()
             + &self.connection.render()
+            + &self.match_condition.render()
     }
 }
 

@@ -9,6 +9,9 @@
 //!   (e2e/sync.rs).
 //! - `registries_are_tested_periodically` runs the controller's connection tests against a real
 //!   registry (e2e/connection.rs).
+//! - `mutating_webhook_skips_pods_that_need_no_pull_secret` runs the controller's
+//!   matchCondition through the API server's CEL against the webhook's own answers
+//!   (e2e/match_condition.rs).
 //! - `running_workloads_are_audited` runs the controller's audit over Pods and workloads that
 //!   exist before it starts, and again after a policy change (e2e/audit.rs).
 //!
@@ -32,6 +35,8 @@ mod cluster;
 mod connection;
 #[path = "e2e/gate.rs"]
 mod gate;
+#[path = "e2e/match_condition.rs"]
+mod match_condition;
 // The real registry and test CA of tests/registry_test.rs, for the connection tests.
 #[allow(dead_code)]
 #[path = "registry/mod.rs"]
@@ -1033,6 +1038,20 @@ fn pull_secrets_are_synced() {
     s.finish(|| {
         let kept = dir.keep();
         println!("the controller's log is kept in {}", kept.display());
+    });
+}
+
+#[test]
+fn mutating_webhook_skips_pods_that_need_no_pull_secret() {
+    // It registers the mutating webhook, which is cluster-wide.
+    let _turn = exclusive();
+    let cp = control_plane();
+    let dir = scratch("condition");
+    let mut s = Scenarios::new();
+    match_condition::pull_secret_condition(cp, &mut s, dir.path());
+    s.finish(|| {
+        let kept = dir.keep();
+        println!("registry-gate's and the controller's logs are kept in {}", kept.display());
     });
 }
 

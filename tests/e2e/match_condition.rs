@@ -1,0 +1,315 @@
+//! The mutating webhook's `registry-gate-needs-pull-secret` matchCondition, evaluated by the
+//! real API server's CEL: the controller writes it, keeps it in step with the policy and puts it
+//! back when it is removed; with it, every Pod gets exactly the pull secrets the webhook gives
+//! without it (as `registry-gate check --show-patch` computes them, through the same functions),
+//! while Pods that need none are no longer sent.
+//!
+//! Only the mutating webhook is registered, so that every image string reaches it whatever the
+//! image check would say, and every review registry-gate counts is a mutating call.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use registry_gate::check::{PodPatch, inspect_manifests};
+use registry_gate::policy::{Namespace, Policy};
+use serde_json::{Value, json};
+
+use super::Scenarios;
+use super::apiserver::{Blocking, Endpoint};
+use super::cluster::{ControlPlane, wait_for};
+use super::gate::{Gate, Registration, free_port, registry_gate, webhook_configurations, write_certificates};
+use super::sync::{ControllerProcess, apply, namespace};
+
+const NS: &str = "condition-team";
+const CONDITION: &str = "registry-gate-needs-pull-secret";
+
+/// Docker Hub has no pull secret at first; `with_hub_secret` gives it one.
+fn policy(with_hub_secret: bool) -> String {
+    let hub = if with_hub_secret { ", pullSecret: hub-pull" } else { "" };
+    format!(
+        "apiVersion: registry-gate.io/v1\nkind: RegistryPolicy\nregistries:\n\
+         - {{name: hub, type: DockerHub, url: docker.io{hub}}}\n\
+         - {{name: acme, type: GHCR, url: ghcr.io/acme, pullSecret: ghcr-acme}}\n\
+         - {{name: acr, type: ACR, url: '*.azurecr.io', pullSecret: acr-pull}}\n\
+         - {{name: corp, type: Generic, url: 'registry.corp.example:5000', pullSecret: corp-pull}}\n\
+         - {{name: quay, type: Quay, url: quay.io}}\n\
+         - {{name: local, type: Generic, url: 'localhost:5000', pullSecret: local-pull}}\n\
+         - {{name: test, type: Generic, url: test.com, pullSecret: test-pull}}\n"
+    )
+}
+
+/// Image strings that a loose reading could get wrong: case, `:443`, Docker Hub's other names,
+/// short names, `localhost`, ports, wildcards, digests, paths outside an entry.
+const IMAGES: &[&str] = &[
+    "nginx",
+    "nginx:1.27",
+    "library/nginx",
+    "team/app:2",
+    "docker.io/library/nginx",
+    "index.docker.io/team/app",
+    "registry-1.docker.io/team/app",
+    "DOCKER.IO/team/app",
+    "docker.io:443/team/app",
+    "ghcr.io/acme/api:1.2",
+    "GHCR.IO/acme/api",
+    "ghcr.io:443/acme/api",
+    "ghcr.io/other/api",
+    "ghcr.io/acme",
+    "Ghcr.io/acme/api@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    "team1.azurecr.io/app:3",
+    "a.b.azurecr.io/app",
+    "TEAM.AZURECR.IO/app",
+    "azurecr.io/app",
+    "team1.azurecr.io:443/app",
+    "registry.corp.example:5000/tools/migrate:2",
+    "registry.corp.example/tools/migrate",
+    "registry.corp.example:5001/tools/migrate",
+    "quay.io/prometheus/node-exporter",
+    "localhost/app",
+    "localhost:5000/app",
+    "Localhost/app",
+    "evil.example/acme/api",
+    "ghcr.io.evil.example/acme/api",
+    "[::1]:5000/app",
+    "nginx@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+];
+
+/// A Pod with `image` at `field` (containers, initContainers, or an image volume).
+fn pod(image: &str, field: &str) -> Value {
+    let mut spec = json!({"containers": [{"name": "main", "image": "quay.io/base/main:1"}]});
+    match field {
+        "initContainers" => spec["initContainers"] = json!([{"name": "init", "image": image}]),
+        "volumes" => {
+            spec["volumes"] = json!([{"name": "data", "image": {"reference": image}}]);
+            spec["containers"][0]["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}]);
+        }
+        _ => spec["containers"][0]["image"] = json!(image),
+    }
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe", "namespace": NS}, "spec": spec})
+}
+
+/// What the mutating webhook adds to `pod` under `policy`, computed in process.
+fn expected_secrets(policy: &Policy, pod: &Value) -> anyhow::Result<Vec<String>> {
+    let report = inspect_manifests(policy, &pod.to_string(), &Namespace::named(NS), true)?;
+    let patch: &PodPatch = report.patches.first().context("no Pod in the report")?;
+    Ok(patch.added.clone())
+}
+
+/// Sends `pod` with dryRun=All; returns its imagePullSecrets as stored.
+fn dry_run(api: &mut Blocking, pod: &Value) -> anyhow::Result<Vec<String>> {
+    let path = format!("/api/v1/namespaces/{NS}/pods?dryRun=All&fieldManager=registry-gate-e2e");
+    let reply = api.request("POST", &path, Some(&serde_json::to_vec(pod)?))?;
+    ensure!((200..300).contains(&reply.status), "dry-run Pod answered {}: {}", reply.status, reply.text());
+    let stored: Value = serde_json::from_str(&reply.text())?;
+    Ok(stored["spec"]["imagePullSecrets"]
+        .as_array()
+        .map(|list| list.iter().filter_map(|s| s["name"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default())
+}
+
+/// Reviews registry-gate has answered (only the mutating webhook is registered). A review is
+/// counted before its answer is sent, so the count has moved by the time a dry run returns.
+fn reviews(gate: &Gate) -> anyhow::Result<f64> {
+    let (_, metrics) = gate.operations_get("/metrics")?;
+    Ok(metrics
+        .lines()
+        .filter(|line| line.starts_with("registry_gate_admission_requests_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// The condition as stored in the configuration, if any.
+fn stored_condition(cp: &ControlPlane) -> Option<String> {
+    let run = cp.kubectl(&["get", "mutatingwebhookconfiguration", "registry-gate", "-o", "json"]);
+    let configuration = run.json().ok()?;
+    configuration["webhooks"][0]["matchConditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == CONDITION)
+        .and_then(|c| c["expression"].as_str().map(str::to_owned))
+}
+
+/// `registry-gate policy match-condition FILE`: the expression the controller should write.
+fn rendered_condition(policy_file: &Path) -> anyhow::Result<String> {
+    let run =
+        registry_gate(&["policy", "match-condition", policy_file.to_str().context("UTF-8 path")?]).ok()?;
+    let entry: Value = serde_json::from_str(&run.stdout)?;
+    ensure!(entry["name"] == CONDITION, "policy match-condition printed {entry}");
+    entry["expression"].as_str().map(str::to_owned).context("no expression")
+}
+
+fn wait_for_condition(cp: &ControlPlane, wanted: &str) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    wait_for(
+        "the controller's match condition",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        |last| {
+            let stored = stored_condition(cp);
+            *last = format!("{stored:?}");
+            (stored.as_deref() == Some(wanted)).then_some(())
+        },
+    )?;
+    Ok(started.elapsed())
+}
+
+/// The inputs of the image-reference vectors from the Go test tables (tests/data), valid and
+/// invalid, that the API server accepts as a container image at all (not empty, no white space
+/// around it).
+fn vector_images() -> anyhow::Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/image-references.json"))?;
+    let cases: Vec<Value> = serde_json::from_str(&text)?;
+    let mut images: Vec<String> =
+        cases.iter().filter_map(|case| case["input"].as_str()).map(str::to_owned).collect();
+    images.retain(|image| !image.is_empty() && image.trim() == image);
+    images.sort();
+    images.dedup();
+    Ok(images)
+}
+
+/// Every image of [`IMAGES`] at every field, and every vector as a container's image: what the
+/// API server stores equals what the webhook gives without the condition. Returns (Pods sent,
+/// Pods skipped).
+fn every_image(api: &mut Blocking, gate: &Gate, policy: &Policy) -> anyhow::Result<(usize, usize)> {
+    let (mut sent, mut skipped) = (0, 0);
+    let mut wrong = Vec::new();
+    let fields = ["containers", "initContainers", "volumes"];
+    let vectors = vector_images()?;
+    ensure!(vectors.len() > 200, "only {} vector images", vectors.len());
+    let cases = IMAGES.iter().flat_map(|image| fields.map(|field| (*image, field)));
+    let cases = cases.chain(vectors.iter().map(|image| (image.as_str(), "containers")));
+    for (image, field) in cases {
+        let pod = pod(image, field);
+        let expected = expected_secrets(policy, &pod)?;
+        let before = reviews(gate)?;
+        let stored = dry_run(api, &pod)?;
+        if reviews(gate)? > before {
+            sent += 1;
+        } else {
+            skipped += 1;
+        }
+        if stored != expected {
+            wrong.push(format!("{image} in {field}: stored {stored:?}, the webhook adds {expected:?}"));
+        }
+    }
+    ensure!(wrong.is_empty(), "Pods without the pull secrets they need:\n{}", wrong.join("\n"));
+    Ok((sent, skipped))
+}
+
+pub fn pull_secret_condition(cp: &ControlPlane, s: &mut Scenarios, dir: &Path) {
+    let policy_file = dir.join("policy.yaml");
+    let mut gate = None;
+    let mut registration = None;
+    let mut controller = None;
+    let mut api = None;
+    let ready = s.run("condition setup: registry-gate, the mutating webhook, the controller", || {
+        cp.kubectl(&["apply", "--server-side", "-f", "manifests/base/namespace.yaml"]).ok()?;
+        apply(cp, &namespace(NS))?;
+        std::fs::write(&policy_file, policy(false))?;
+        write_certificates(dir)?;
+        let policy_arg = policy_file.to_str().context("UTF-8 path")?;
+        let port = free_port();
+        gate = Some(Gate::start(dir, port, free_port(), &["--policy", policy_arg], "registry-gate.log")?);
+        let ca = std::fs::read(dir.join("ca.crt"))?;
+        let configurations =
+            webhook_configurations(cp, port, &ca, |name| name == "pull-secrets.registry-gate.io")?;
+        registration = Some(Registration::apply(cp, &configurations)?);
+        api = Some(Blocking::new(Endpoint::new(&cp.url, &std::fs::read(&cp.ca)?, &cp.token)?)?);
+        let started = Instant::now();
+        controller = Some(ControllerProcess::start_with(
+            cp,
+            dir,
+            &policy_file,
+            &["--audit-interval-seconds", "0", "--match-condition-recheck-seconds", "1"],
+        )?);
+        let waited = wait_for_condition(cp, &rendered_condition(&policy_file)?)?;
+        println!(
+            "condition written {} ms after the controller started ({} ms after it was ready)",
+            started.elapsed().as_millis(),
+            waited.as_millis()
+        );
+        Ok(())
+    });
+    let (Some(gate), Some(api), Some(controller)) = (gate.as_ref(), api.as_mut(), controller.as_ref()) else {
+        return;
+    };
+    if !ready {
+        return;
+    }
+    s.run("condition: every image gets exactly its pull secrets; Pods that need none are not sent", || {
+        // The API server picks the new configuration up from a watch: wait until a Pod that
+        // needs a secret gets it.
+        wait_for(
+            "the API server to call the webhook",
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            |last| {
+                let stored = dry_run(api, &pod("ghcr.io/acme/api", "containers"));
+                *last = format!("{stored:?}");
+                stored.ok().filter(|s| s == &["ghcr-acme"]).map(|_| ())
+            },
+        )?;
+        let policy = Policy::parse(&policy(false))?;
+        let (sent, skipped) = every_image(api, gate, &policy)?;
+        println!("{} Pods: {sent} sent to the webhook, {skipped} skipped by the condition", sent + skipped);
+        ensure!(skipped > 0, "the condition skipped no Pod");
+        // Public images are the point: Docker Hub and Quay have no pull secret here.
+        for image in ["nginx", "docker.io/library/nginx", "quay.io/prometheus/node-exporter"] {
+            let before = reviews(gate)?;
+            dry_run(api, &pod(image, "containers"))?;
+            ensure!(reviews(gate)? == before, "a Pod of {image} (no pull secret) was sent");
+        }
+        Ok(())
+    });
+    s.run("condition: a policy change reaches the condition; Docker Hub gains a pull secret", || {
+        let started = Instant::now();
+        std::fs::write(&policy_file, policy(true))?;
+        let wanted = rendered_condition(&policy_file)?;
+        wait_for_condition(cp, &wanted)?;
+        println!("policy file written -> condition updated in {} ms", started.elapsed().as_millis());
+        let policy = Policy::parse(&policy(true))?;
+        wait_for("nginx to get hub-pull", Duration::from_secs(20), Duration::from_millis(50), |last| {
+            let stored = dry_run(api, &pod("nginx", "containers"));
+            *last = format!("{stored:?}");
+            stored.ok().filter(|s| s == &["hub-pull"]).map(|_| ())
+        })?;
+        let (sent, skipped) = every_image(api, gate, &policy)?;
+        println!("{} Pods: {sent} sent, {skipped} skipped", sent + skipped);
+        Ok(())
+    });
+    s.run("condition: removed by someone else, it is put back", || {
+        let configuration = cp
+            .kubectl(&["get", "mutatingwebhookconfiguration", "registry-gate", "-o", "json"])
+            .ok()?
+            .json()?;
+        let conditions = configuration["webhooks"][0]["matchConditions"].as_array().context("conditions")?;
+        let index = conditions.iter().position(|c| c["name"] == CONDITION).context("no condition")?;
+        let patch = json!([
+            {"op": "test", "path": format!("/webhooks/0/matchConditions/{index}/name"), "value": CONDITION},
+            {"op": "remove", "path": format!("/webhooks/0/matchConditions/{index}")}
+        ]);
+        cp.kubectl(&[
+            "patch",
+            "mutatingwebhookconfiguration",
+            "registry-gate",
+            "--type=json",
+            "-p",
+            &patch.to_string(),
+        ])
+        .ok()?;
+        let started = Instant::now();
+        ensure!(stored_condition(cp).is_none(), "the condition is still there");
+        wait_for_condition(cp, &rendered_condition(&policy_file)?)?;
+        println!("condition restored {} ms after it was removed", started.elapsed().as_millis());
+        let (_, metrics) = controller.get("/metrics")?;
+        ensure!(
+            metrics.lines().any(|l| l == "registry_gate_match_condition_in_step 1"),
+            "registry_gate_match_condition_in_step is not 1:\n{}",
+            metrics.lines().filter(|l| l.contains("match_condition")).collect::<Vec<_>>().join("\n")
+        );
+        Ok(())
+    });
+    drop(registration);
+}

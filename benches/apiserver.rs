@@ -4,12 +4,15 @@
 //! Pod creations with `dryRun=All` (admission runs in full, nothing is stored) are sent at a fixed
 //! rate, open loop, from a few concurrent HTTPS clients using the admin token and the apiserver's
 //! CA. Latency is measured from each request's scheduled start, so a stall shows as latency
-//! rather than as fewer requests. Three configurations, one after the other, in one run:
+//! rather than as fewer requests. Two Pods (one with images from registries with pull secrets,
+//! one with public images only) under four configurations, one after the other, in one run:
 //!
 //! 1. no admission webhooks or policies (the apiserver's own admission chain);
 //! 2. registry-gate's webhook configurations from manifests/base (validating + mutating), pointed
 //!    at the real binary on loopback;
-//! 3. a ValidatingAdmissionPolicy doing the registry check in CEL with `startsWith` instead (which
+//! 3. the same, with the matchCondition `registry-gate controller` keeps on the mutating webhook
+//!    (docs/match-condition.md), which skips Pods that need no pull secret;
+//! 4. a ValidatingAdmissionPolicy doing the registry check in CEL with `startsWith` instead (which
 //!    checks prefixes as strings, cannot add pull secrets, and knows nothing of short names).
 //!
 //! The apiserver's `/metrics` is scraped around each run for the admission histograms
@@ -48,6 +51,7 @@ use serde_json::{Value, json};
 use apiserver::{Blocking, Client, Endpoint};
 use cluster::{ControlPlane, control_plane, root, scratch, wait_for};
 use gate::{Gate, Registration, free_port, wait_until_enforced, webhook_configurations};
+use registry_gate::policy::{Policy, match_condition};
 
 const NS: &str = "bench";
 
@@ -87,6 +91,24 @@ fn bench_pod() -> Value {
             "containers": [
                 { "name": "api", "image": "ghcr.io/acme/api:1.2" },
                 { "name": "proxy", "image": "docker.io/library/nginx:1.27" }
+            ]
+        }
+    })
+}
+
+/// A Pod whose images need no pull secret (Docker Hub's official images, registered without
+/// one): with the controller's match condition, the API server does not call the mutating
+/// webhook for it.
+fn public_pod() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": "bench-public", "namespace": NS, "labels": { "app": "bench" } },
+        "spec": {
+            "initContainers": [{ "name": "init", "image": "docker.io/library/busybox:1.37" }],
+            "containers": [
+                { "name": "web", "image": "docker.io/library/nginx:1.27" },
+                { "name": "cache", "image": "docker.io/library/redis:7.4" }
             ]
         }
     })
@@ -162,8 +184,13 @@ struct Sample {
 
 /// Sends `load.rate` Pod creations per second for `duration`, spread over `load.clients`
 /// connections; each request is due at a fixed time and taken by whichever client is free.
-async fn drive(endpoint: &Endpoint, load: Load, duration: Duration) -> anyhow::Result<Vec<Sample>> {
-    let body = Arc::new(serde_json::to_vec(&bench_pod())?);
+async fn drive(
+    endpoint: &Endpoint,
+    load: Load,
+    duration: Duration,
+    pod: &Value,
+) -> anyhow::Result<Vec<Sample>> {
+    let body = Arc::new(serde_json::to_vec(pod)?);
     let path = Arc::new(format!("/api/v1/namespaces/{NS}/pods?dryRun=All&fieldManager=registry-gate-bench"));
     let (tx, rx) = tokio::sync::mpsc::channel::<Instant>(100_000);
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
@@ -337,25 +364,26 @@ fn scrape(api: &mut Blocking) -> anyhow::Result<Series> {
 // === The run ===
 
 struct Measured {
-    name: &'static str,
+    name: String,
     summary: Summary,
     admission: Series,
     server_side: Option<ServerSide>,
 }
 
 fn measure(
-    name: &'static str,
+    name: String,
+    pod: &Value,
     runtime: &tokio::runtime::Runtime,
     endpoint: &Endpoint,
     api: &mut Blocking,
     load: Load,
     gate: Option<&Gate>,
 ) -> anyhow::Result<Measured> {
-    runtime.block_on(drive(endpoint, load, load.warmup))?;
+    runtime.block_on(drive(endpoint, load, load.warmup, pod))?;
     let before = scrape(api)?;
     let gate_before = gate.map(gate_counters).transpose()?;
     let started = Instant::now();
-    let samples = runtime.block_on(drive(endpoint, load, load.duration))?;
+    let samples = runtime.block_on(drive(endpoint, load, load.duration, pod))?;
     let summary = summarize(&samples, started.elapsed());
     let admission = delta(&before, &scrape(api)?);
     let server_side = match (gate, gate_before) {
@@ -420,6 +448,19 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Waits until the API server has the match condition: a dry run of `pod` (which needs no pull
+/// secret) no longer reaches registry-gate's mutating webhook. The validating webhook still sees
+/// it, so one review is counted instead of two.
+fn wait_until_skipped(api: &mut Blocking, gate: &Gate, pod: &Value) -> anyhow::Result<()> {
+    wait_for("the match condition", Duration::from_secs(20), Duration::from_millis(50), |last| {
+        let before = gate_counters(gate).ok()?.reviews;
+        api.dry_run_pod(NS, pod).ok()?;
+        let reviews = gate_counters(gate).ok()?.reviews - before;
+        *last = format!("{reviews} reviews for one Pod");
+        (reviews == 1.0).then_some(())
+    })
+}
+
 /// Waits until a Pod with an unregistered image is admitted again (nothing checks images).
 fn wait_unchecked(api: &mut Blocking) -> anyhow::Result<()> {
     let pod = unregistered_pod();
@@ -453,50 +494,87 @@ fn run() -> anyhow::Result<()> {
     let mut api = Blocking::new(endpoint.clone())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut results = Vec::new();
+    let pods = [("bench Pod", bench_pod()), ("public Pod", public_pod())];
 
     // 1. Nothing registered.
     wait_unchecked(&mut api)?;
-    results.push(measure("no webhooks", &runtime, &endpoint, &mut api, load, None)?);
+    for (pod_name, pod) in &pods {
+        results.push(measure(
+            format!("no webhooks, {pod_name}"),
+            pod,
+            &runtime,
+            &endpoint,
+            &mut api,
+            load,
+            None,
+        )?);
+    }
 
-    // 2. registry-gate.
+    // 2. registry-gate, its webhook configurations as manifests/base has them.
     let dir = scratch("bench");
     gate::write_certificates(dir.path())?;
     let port = free_port();
-    let policy = root().join("tests/e2e/policy.yaml");
-    let policy = policy.to_str().context("UTF-8 path")?;
-    let gate = Gate::start(dir.path(), port, free_port(), &["--policy", policy], "registry-gate.log")?;
+    let policy_file = root().join("tests/e2e/policy.yaml");
+    let policy_arg = policy_file.to_str().context("UTF-8 path")?;
+    let gate = Gate::start(dir.path(), port, free_port(), &["--policy", policy_arg], "registry-gate.log")?;
     let ca = std::fs::read(dir.path().join("ca.crt"))?;
-    let registration = Registration::apply(cp, &webhook_configurations(cp, port, &ca, |_| true)?)?;
+    let mut configurations = webhook_configurations(cp, port, &ca, |_| true)?;
+    let registration = Registration::apply(cp, &configurations)?;
     wait_until_enforced(cp, NS)?;
-    let (decision, _) = api.dry_run_pod(NS, &bench_pod())?;
-    ensure!(decision.is_admitted(), "registry-gate refuses the benchmark Pod: {decision:?}");
-    results.push(measure("registry-gate webhooks", &runtime, &endpoint, &mut api, load, Some(&gate))?);
-    registration.remove()?;
+    for (_, pod) in &pods {
+        let (decision, _) = api.dry_run_pod(NS, pod)?;
+        ensure!(decision.is_admitted(), "registry-gate refuses a benchmark Pod: {decision:?}");
+    }
+    for (pod_name, pod) in &pods {
+        let name = format!("registry-gate webhooks, {pod_name}");
+        results.push(measure(name, pod, &runtime, &endpoint, &mut api, load, Some(&gate))?);
+    }
+
+    // 3. The same, with the match condition the controller keeps on the mutating webhook.
+    let policy = Policy::parse(&std::fs::read_to_string(&policy_file)?)?;
+    let expression = match_condition::needs_pull_secret(&policy).context("the policy has no condition")?;
+    let mutating = configurations
+        .iter_mut()
+        .find(|c| c["kind"] == "MutatingWebhookConfiguration")
+        .context("no MutatingWebhookConfiguration")?;
+    mutating["webhooks"][0]["matchConditions"]
+        .as_array_mut()
+        .context("no matchConditions")?
+        .push(json!({ "name": match_condition::NAME, "expression": expression }));
+    // Applied over the first (server-side apply); the first guard's delete then finds nothing.
+    let with_condition = Registration::apply(cp, &configurations)?;
+    wait_until_skipped(&mut api, &gate, &pods[1].1)?;
+    for (pod_name, pod) in &pods {
+        let name = format!("registry-gate webhooks + match condition, {pod_name}");
+        results.push(measure(name, pod, &runtime, &endpoint, &mut api, load, Some(&gate))?);
+    }
+    with_condition.remove()?;
+    drop(with_condition);
     drop(registration);
     drop(gate);
     wait_unchecked(&mut api)?;
 
-    // 3. A ValidatingAdmissionPolicy instead.
+    // 4. A ValidatingAdmissionPolicy instead.
     cp.kubectl_stdin(&["apply", "--server-side", "-f", "-"], &validating_admission_policy().to_string())
         .ok()?;
-    let pods = format!("/api/v1/namespaces/{NS}/pods?dryRun=All");
+    let pods_path = format!("/api/v1/namespaces/{NS}/pods?dryRun=All");
     let refused = serde_json::to_vec(&unregistered_pod())?;
     wait_for("the ValidatingAdmissionPolicy", Duration::from_secs(20), Duration::from_millis(50), |last| {
-        let reply = api.request("POST", &pods, Some(&refused));
+        let reply = api.request("POST", &pods_path, Some(&refused));
         *last =
             reply.as_ref().map(|r| format!("{} {}", r.status, r.text())).unwrap_or_else(|e| e.to_string());
         reply.ok().filter(|r| r.status >= 400 && r.text().contains("ValidatingAdmissionPolicy")).map(drop)
     })?;
-    let reply = api.request("POST", &pods, Some(&serde_json::to_vec(&bench_pod())?))?;
-    ensure!(reply.status == 201, "the ValidatingAdmissionPolicy refuses the benchmark Pod: {}", reply.text());
-    results.push(measure(
-        "ValidatingAdmissionPolicy (CEL startsWith)",
-        &runtime,
-        &endpoint,
-        &mut api,
-        load,
-        None,
-    )?);
+    for (pod_name, pod) in &pods {
+        let reply = api.request("POST", &pods_path, Some(&serde_json::to_vec(pod)?))?;
+        ensure!(
+            reply.status == 201,
+            "the ValidatingAdmissionPolicy refuses the {pod_name}: {}",
+            reply.text()
+        );
+        let name = format!("ValidatingAdmissionPolicy (CEL startsWith), {pod_name}");
+        results.push(measure(name, pod, &runtime, &endpoint, &mut api, load, None)?);
+    }
     cp.kubectl(&[
         "delete",
         "validatingadmissionpolicybinding,validatingadmissionpolicy",

@@ -11,6 +11,12 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use registry_gate::image::Reference;
 use registry_gate::policy::{Decision, Namespace, Policy};
 
+// Built for the image's target, the benchmark allocates as the shipped executable does
+// (src/main.rs), so that its figures are the image's, not musl's allocator's.
+#[cfg(all(target_env = "musl", target_arch = "x86_64"))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "decision/mix.rs"]
 mod mix;
 use mix::{entry_url, images, policy_text};

@@ -5,6 +5,12 @@
 //!
 //! Run: `cargo bench --bench review`. Figures are in benches/RESULTS.md.
 
+// Built for the image's target, the benchmark allocates as the shipped executable does
+// (src/main.rs), so that its figures are the image's, not musl's allocator's.
+#[cfg(all(target_env = "musl", target_arch = "x86_64"))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};

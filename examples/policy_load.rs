@@ -10,6 +10,11 @@ use std::hint::black_box;
 
 use registry_gate::policy::Policy;
 
+// Built for the image's target, it allocates as the shipped executable does (src/main.rs).
+#[cfg(all(target_env = "musl", target_arch = "x86_64"))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let path = args.next().ok_or("usage: policy_load POLICY_FILE [ROUNDS]")?;

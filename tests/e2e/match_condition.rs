@@ -202,6 +202,7 @@ pub fn pull_secret_condition(cp: &ControlPlane, s: &mut Scenarios, dir: &Path) {
     let policy_file = dir.join("policy.yaml");
     let mut gate = None;
     let mut registration = None;
+    let mut configurations = Vec::new();
     let mut controller = None;
     let mut api = None;
     let ready = s.run("condition setup: registry-gate, the mutating webhook, the controller", || {
@@ -213,7 +214,7 @@ pub fn pull_secret_condition(cp: &ControlPlane, s: &mut Scenarios, dir: &Path) {
         let port = free_port();
         gate = Some(Gate::start(dir, port, free_port(), &["--policy", policy_arg], "registry-gate.log")?);
         let ca = std::fs::read(dir.join("ca.crt"))?;
-        let configurations =
+        configurations =
             webhook_configurations(cp, port, &ca, |name| name == "pull-secrets.registry-gate.io")?;
         registration = Some(Registration::apply(cp, &configurations)?);
         api = Some(Blocking::new(Endpoint::new(&cp.url, &std::fs::read(&cp.ca)?, &cp.token)?)?);
@@ -277,6 +278,33 @@ pub fn pull_secret_condition(cp: &ControlPlane, s: &mut Scenarios, dir: &Path) {
         })?;
         let (sent, skipped) = every_image(api, gate, &policy)?;
         println!("{} Pods: {sent} sent, {skipped} skipped", sent + skipped);
+        Ok(())
+    });
+    s.run("condition: applying the install's configuration again keeps it", || {
+        // What an upgrade or a GitOps sync does. The list is keyed by name, so a merge leaves
+        // the item it did not write; the object each apply returns shows it before the
+        // controller could have put anything back.
+        let list = json!({ "apiVersion": "v1", "kind": "List", "items": configurations });
+        for apply in
+            [&["apply", "--server-side", "--force-conflicts", "--field-manager=installer"][..], &["apply"]]
+        {
+            let run =
+                cp.kubectl_stdin(&[apply, &["-o", "json", "-f", "-"]].concat(), &list.to_string()).ok()?;
+            let applied = run.json()?;
+            // One object comes back as itself, several as a List.
+            let applied = if applied["kind"] == "List" { &applied["items"][0] } else { &applied };
+            let names: Vec<&str> = applied["webhooks"][0]["matchConditions"]
+                .as_array()
+                .context("no matchConditions in the applied object")?
+                .iter()
+                .filter_map(|c| c["name"].as_str())
+                .collect();
+            ensure!(
+                names.contains(&CONDITION),
+                "kubectl {} dropped the condition: {names:?}",
+                apply.join(" ")
+            );
+        }
         Ok(())
     });
     s.run("condition: removed by someone else, it is put back", || {

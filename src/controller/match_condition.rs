@@ -32,7 +32,9 @@ const FIELD_MANAGER: &str = "registry-gate-controller";
 /// How often the policy's generation is looked at.
 const POLL: Duration = Duration::from_millis(200);
 
-/// How soon a failed read or write is tried again.
+/// How soon a failed read or write is first tried again; the wait doubles with each failure
+/// in a row, up to the recheck interval, so that an install without the configuration is not
+/// asked every few seconds forever.
 const RETRY: Duration = Duration::from_secs(5);
 
 /// What the task needs.
@@ -123,6 +125,7 @@ pub async fn run(
     let mut written: Option<u64> = None;
     let mut since_check = Duration::ZERO;
     let mut next_check = options.recheck;
+    let mut failures: u32 = 0;
     let mut last_problem = String::new();
     loop {
         let snapshot = policy.current();
@@ -136,6 +139,7 @@ pub async fn run(
             match keep(&api, &options.configuration, expression.as_deref()).await {
                 Ok(edit) => {
                     next_check = options.recheck;
+                    failures = 0;
                     metrics.in_step.set(1);
                     last_problem.clear();
                     if edit == Edit::Changed {
@@ -162,7 +166,8 @@ pub async fn run(
                         last_problem = problem;
                     }
                     // The configuration is often applied last, after the controller starts.
-                    next_check = RETRY.min(options.recheck);
+                    next_check = RETRY.saturating_mul(1 << failures.min(16)).min(options.recheck);
+                    failures = failures.saturating_add(1);
                 }
             }
         }

@@ -166,10 +166,12 @@ fn match_condition_is_printed_as_a_match_conditions_entry() {
     let expression = entry["expression"].as_str().expect("an expression");
     // The example policy gives ghcr.io/acme and docker.io/acme a pull secret (so Docker Hub's
     // other names and short names count too), and public.ecr.aws none.
-    for host in ["'ghcr.io': true", "'ghcr.io:443': true", "'index.docker.io': true"] {
+    for host in
+        ["'ghcr.io': ['ghcr-acme']", "'ghcr.io:443': ['ghcr-acme']", "'index.docker.io': ['dockerhub-acme']"]
+    {
         assert!(expression.contains(host), "{host} missing: {expression}");
     }
-    assert!(expression.starts_with("[{") && expression.contains("!i.contains('/') ||"), "{expression}");
+    assert!(expression.starts_with("[{") && expression.contains("((!i.contains('/') ||"), "{expression}");
     assert!(!expression.contains("public.ecr.aws"), "{expression}");
 }
 

@@ -20,13 +20,18 @@
 //! - a wildcard host matches every host ending in what follows its last `*`, whatever the
 //!   labels before it;
 //! - paths and namespaces are ignored: a host with a pull secret for one path sends every image
-//!   on that host.
+//!   on that host, unless the Pod already lists the pull secret of every entry on that host.
+//!
+//! That last part skips Pods whose template names the pull secrets, and the second call the API
+//! server makes after another mutating webhook (a sidecar injector) has changed a Pod that
+//! registry-gate had already given its secrets (`reinvocationPolicy: IfNeeded`).
 //!
 //! The condition is not the policy: the validating webhook still sees every Pod, and the mutating
 //! webhook still decides what to add. A policy too large for a condition that the API server
-//! evaluates cheaply gets none ([`MAX_HOSTS`], [`MAX_SUFFIXES`]), and every Pod is sent.
+//! evaluates cheaply gets none ([`MAX_HOSTS`], [`MAX_SUFFIXES`], [`MAX_NAMES`]), and every Pod is
+//! sent.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 use super::{HostPattern, Policy};
@@ -43,60 +48,71 @@ pub const MAX_HOSTS: usize = 2_000;
 /// Wildcard suffixes at most: each is an `endsWith` per image.
 pub const MAX_SUFFIXES: usize = 32;
 
+/// Pull-secret names at most, over all hosts (a host's names are compared with the Pod's).
+pub const MAX_NAMES: usize = 4_000;
+
 /// Docker Hub's names as the first component of an image string.
 const DOCKER_HUB_NAMES: [&str; 3] = [DOCKER_HUB, "index.docker.io", "registry-1.docker.io"];
 
-/// The strings an image's first component is compared with.
+/// The strings an image's first component is compared with, each with the pull secrets of the
+/// entries it may match.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Hosts {
     /// Whole hosts, lower case, as an image may write them.
-    exact: BTreeSet<String>,
+    exact: BTreeMap<String, BTreeSet<String>>,
     /// Endings of hosts that a wildcard covers.
-    suffixes: BTreeSet<String>,
-    /// Whether a short name (`nginx`, `team/app`) resolves to a host with a pull secret.
-    short_names: bool,
+    suffixes: BTreeMap<String, BTreeSet<String>>,
+    /// The pull secrets of the entries a short name (`nginx`, `team/app`) may match.
+    short_names: BTreeSet<String>,
 }
 
 impl Hosts {
     fn of(policy: &Policy) -> Hosts {
         let mut hosts = Hosts::default();
-        let secret_hosts: Vec<&HostPattern> = policy
+        let with_secret: Vec<(&HostPattern, &str)> = policy
             .registries
             .iter()
-            .filter(|registry| registry.pull_secret.is_some())
-            .map(|registry| &registry.pattern.host)
+            .filter_map(|registry| Some((&registry.pattern.host, registry.pull_secret.as_deref()?)))
             .collect();
-        let docker_hub =
-            secret_hosts.iter().any(|host| host.matches(DOCKER_HUB) || host.covers_docker_hub_alias());
-        for host in &secret_hosts {
+        let is_docker_hub = |host: &HostPattern| host.matches(DOCKER_HUB) || host.covers_docker_hub_alias();
+        for &(host, secret) in &with_secret {
+            let portless = host.name().len() == host.key().len();
             if host.is_wildcard() {
                 let key = host.key();
                 let after_last_wildcard = &key[key.rfind('*').map_or(0, |at| at + 1)..];
-                hosts.add(after_last_wildcard, host.name().len() == key.len(), |h| &mut h.suffixes);
+                add(&mut hosts.suffixes, after_last_wildcard, portless, secret);
             } else {
-                hosts.add(host.key(), host.name().len() == host.key().len(), |h| &mut h.exact);
+                add(&mut hosts.exact, host.key(), portless, secret);
+            }
+            if is_docker_hub(host) {
+                for name in DOCKER_HUB_NAMES {
+                    add(&mut hosts.exact, name, true, secret);
+                }
+            }
+            let short_name_host = policy.short_name_host.key();
+            if host.matches(short_name_host) || (short_name_host == DOCKER_HUB && is_docker_hub(host)) {
+                hosts.short_names.insert(secret.to_owned());
             }
         }
-        if docker_hub {
-            for name in DOCKER_HUB_NAMES {
-                hosts.add(name, true, |h| &mut h.exact);
-            }
-        }
-        let short_name_host = policy.short_name_host.key();
-        hosts.short_names = (short_name_host == DOCKER_HUB && docker_hub)
-            || secret_hosts.iter().any(|host| host.matches(short_name_host));
         hosts
     }
 
-    /// Adds `host`, and `host:443` when it has no port (the same endpoint, which the webhook
-    /// folds away before matching).
-    fn add(&mut self, host: &str, portless: bool, to: fn(&mut Hosts) -> &mut BTreeSet<String>) {
-        let host = host.to_ascii_lowercase();
-        if portless {
-            to(self).insert(format!("{host}:443"));
-        }
-        to(self).insert(host);
+    /// Pull-secret names the expression spells out, over all hosts.
+    fn secret_names(&self) -> usize {
+        let names =
+            |table: &BTreeMap<String, BTreeSet<String>>| table.values().map(BTreeSet::len).sum::<usize>();
+        names(&self.exact) + names(&self.suffixes) + self.short_names.len()
     }
+}
+
+/// Files `secret` under `host`, and under `host:443` when it has no port (the same endpoint,
+/// which the webhook folds away before matching).
+fn add(table: &mut BTreeMap<String, BTreeSet<String>>, host: &str, portless: bool, secret: &str) {
+    let host = host.to_ascii_lowercase();
+    if portless {
+        table.entry(format!("{host}:443")).or_default().insert(secret.to_owned());
+    }
+    table.entry(host).or_default().insert(secret.to_owned());
 }
 
 /// The condition's CEL expression for `policy`, or `None` when the policy has more hosts than a
@@ -106,41 +122,51 @@ pub fn needs_pull_secret(policy: &Policy) -> Option<String> {
     expression(&Hosts::of(policy))
 }
 
+/// A CEL list literal of the names.
+fn list(names: &BTreeSet<String>) -> String {
+    let quoted: Vec<String> = names.iter().map(|name| quoted(name)).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
 fn expression(hosts: &Hosts) -> Option<String> {
-    if hosts.exact.len() > MAX_HOSTS || hosts.suffixes.len() > MAX_SUFFIXES {
+    if hosts.exact.len() > MAX_HOSTS
+        || hosts.suffixes.len() > MAX_SUFFIXES
+        || hosts.secret_names() > MAX_NAMES
+    {
         return None;
     }
-    if hosts.exact.is_empty() && hosts.suffixes.is_empty() && !hosts.short_names {
+    if hosts.exact.is_empty() && hosts.suffixes.is_empty() && hosts.short_names.is_empty() {
         return Some("false".into());
     }
-    let mut map = String::from("{");
-    for (i, host) in hosts.exact.iter().enumerate() {
-        let separator = if i == 0 { "" } else { ", " };
-        let _ = write!(map, "{separator}{}: true", quoted(host));
-    }
-    map.push('}');
-    let mut host_matches = String::from("h in hosts");
-    for suffix in &hosts.suffixes {
-        let _ = write!(host_matches, " || h.endsWith({})", quoted(suffix));
+    let map: Vec<String> =
+        hosts.exact.iter().map(|(host, names)| format!("{}: {}", quoted(host), list(names))).collect();
+    // A host needs the call when one of its entries' pull secrets is not listed in the Pod yet:
+    // a Pod that lists them all (its template names them, or the webhook has added them and is
+    // asked again after another webhook's change) would get no patch.
+    let unlisted = |names: &str| format!("{names}.exists(n, !(n in listed))");
+    let mut host_matches = format!("(h in hosts && {})", unlisted("hosts[h]"));
+    for (suffix, names) in &hosts.suffixes {
+        let _ = write!(host_matches, " || (h.endsWith({}) && {})", quoted(suffix), unlisted(&list(names)));
     }
     // Each image is named `i`; `[x].exists(h, ...)` binds a value to a name without `cel.bind`,
     // which older API servers lack.
-    let host_of_image = format!("[i.split('/')[0].lowerAscii()].exists(h, {host_matches})");
-    let needs = if hosts.short_names {
-        format!(
-            "!i.contains('/') || [i.split('/')[0]].exists(f, \
-             !(f.contains('.') || f.contains(':') || f == 'localhost')) || {host_of_image}"
-        )
-    } else {
-        format!("i.contains('/') && {host_of_image}")
-    };
+    let mut needs = format!("(i.contains('/') && [i.split('/')[0].lowerAscii()].exists(h, {host_matches}))");
+    if !hosts.short_names.is_empty() {
+        needs = format!(
+            "((!i.contains('/') || [i.split('/')[0]].exists(f, \
+             !(f.contains('.') || f.contains(':') || f == 'localhost'))) && {}) || {needs}",
+            unlisted(&list(&hosts.short_names))
+        );
+    }
     Some(format!(
-        "[{map}].exists(hosts, (\
+        "[{{{}}}].exists(hosts, \
+         [has(object.spec.imagePullSecrets) ? object.spec.imagePullSecrets.map(s, has(s.name) ? s.name : '') : []].exists(listed, (\
          (has(object.spec.containers) ? object.spec.containers.map(c, has(c.image) ? c.image : '') : []) + \
          (has(object.spec.initContainers) ? object.spec.initContainers.map(c, has(c.image) ? c.image : '') : []) + \
          (has(object.spec.ephemeralContainers) ? object.spec.ephemeralContainers.map(c, has(c.image) ? c.image : '') : []) + \
          (has(object.spec.volumes) ? object.spec.volumes.filter(v, has(v.image) && has(v.image.reference)).map(v, v.image.reference) : [])\
-         ).exists(i, {needs}))"
+         ).exists(i, {needs})))",
+        map.join(", ")
     ))
 }
 
@@ -170,6 +196,10 @@ mod tests {
         Policy::parse(&text).expect("valid test policy")
     }
 
+    fn names(set: &BTreeSet<String>) -> Vec<&str> {
+        set.iter().map(String::as_str).collect()
+    }
+
     #[test]
     fn no_pull_secret_means_never_called() {
         let p = policy("  - {name: hub, type: Public, url: docker.io/library}\n", "");
@@ -177,18 +207,23 @@ mod tests {
     }
 
     #[test]
-    fn hosts_are_lower_case_with_and_without_443() {
+    fn hosts_are_lower_case_with_and_without_443_and_carry_their_entries_secrets() {
         let p = policy(
             "  - {name: a, type: GHCR, url: GHCR.io/acme, pullSecret: s}\n  \
+             - {name: a2, type: GHCR, url: ghcr.io/other, pullSecret: s2}\n  \
              - {name: b, type: Generic, url: 'registry.corp.example:5000', pullSecret: t}\n  \
              - {name: c, type: Public, url: quay.io}\n",
             "",
         );
         let hosts = Hosts::of(&p);
-        let exact: Vec<&str> = hosts.exact.iter().map(String::as_str).collect();
+        let exact: Vec<&str> = hosts.exact.keys().map(String::as_str).collect();
         assert_eq!(exact, ["ghcr.io", "ghcr.io:443", "registry.corp.example:5000"]);
+        assert_eq!(names(&hosts.exact["ghcr.io:443"]), ["s", "s2"]);
+        assert_eq!(names(&hosts.exact["registry.corp.example:5000"]), ["t"]);
         assert!(hosts.suffixes.is_empty());
-        assert!(!hosts.short_names, "short names resolve to Docker Hub, which has no pull secret");
+        assert!(hosts.short_names.is_empty(), "short names resolve to Docker Hub, which has no pull secret");
+        let expression = expression(&hosts).expect("a condition");
+        assert!(expression.contains("'ghcr.io': ['s', 's2']"), "{expression}");
     }
 
     #[test]
@@ -196,9 +231,9 @@ mod tests {
         let p = policy("  - {name: hub, type: DockerHub, url: docker.io/acme, pullSecret: hub}\n", "");
         let hosts = Hosts::of(&p);
         for name in DOCKER_HUB_NAMES {
-            assert!(hosts.exact.contains(name), "{name} missing from {:?}", hosts.exact);
+            assert_eq!(names(&hosts.exact[name]), ["hub"], "{name}");
         }
-        assert!(hosts.short_names);
+        assert_eq!(names(&hosts.short_names), ["hub"]);
     }
 
     #[test]
@@ -207,13 +242,13 @@ mod tests {
             "  - {name: mirror, type: Generic, url: mirror.example.com, pullSecret: m}\n",
             "shortNameRegistry: mirror.example.com\n",
         );
-        assert!(Hosts::of(&p).short_names);
+        assert_eq!(names(&Hosts::of(&p).short_names), ["m"]);
         let p = policy(
             "  - {name: mirror, type: Generic, url: mirror.example.com}\n  \
              - {name: other, type: Generic, url: other.example.com, pullSecret: o}\n",
             "shortNameRegistry: mirror.example.com\n",
         );
-        assert!(!Hosts::of(&p).short_names);
+        assert!(Hosts::of(&p).short_names.is_empty());
     }
 
     #[test]
@@ -223,7 +258,8 @@ mod tests {
              - {name: mid, type: Generic, url: 'registry.*.corp.example:5000', pullSecret: b}\n",
             "",
         );
-        let suffixes: Vec<String> = Hosts::of(&p).suffixes.into_iter().collect();
+        let hosts = Hosts::of(&p);
+        let suffixes: Vec<&str> = hosts.suffixes.keys().map(String::as_str).collect();
         assert_eq!(suffixes, [".azurecr.io", ".azurecr.io:443", ".corp.example:5000"]);
     }
 
@@ -243,5 +279,7 @@ mod tests {
     fn literals_are_quoted() {
         assert_eq!(quoted("ghcr.io"), "'ghcr.io'");
         assert_eq!(quoted(r"a'b\c"), r"'a\'b\\c'");
+        let set: BTreeSet<String> = ["b".to_owned(), "a".to_owned()].into();
+        assert_eq!(list(&set), "['a', 'b']");
     }
 }

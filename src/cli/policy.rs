@@ -102,11 +102,12 @@ fn match_condition(path: &Path) -> anyhow::Result<ExitCode> {
     let policy = load_policy(path)?;
     let Some(expression) = match_condition::needs_pull_secret(&policy) else {
         eprintln!(
-            "{}: more hosts with a pull secret than a condition can hold ({} exact, {} wildcard at most); \
-             the mutating webhook should carry no such condition",
+            "{}: more hosts with a pull secret than a condition can hold ({} host strings, {} wildcard \
+             endings, {} pull-secret names at most); the mutating webhook should carry no such condition",
             path.display(),
             match_condition::MAX_HOSTS,
-            match_condition::MAX_SUFFIXES
+            match_condition::MAX_SUFFIXES,
+            match_condition::MAX_NAMES
         );
         return Ok(ExitCode::from(1));
     };

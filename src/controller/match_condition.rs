@@ -20,6 +20,7 @@ use k8s_openapi::api::admissionregistration::v1::{MatchCondition, MutatingWebhoo
 use kube::api::PostParams;
 use kube::{Api, Client};
 use prometheus::{Encoder, IntGauge, Registry, TextEncoder};
+use tokio::time::Instant;
 
 use crate::policy::{PolicyStore, match_condition};
 
@@ -122,57 +123,53 @@ pub async fn run(
     metrics: MatchConditionMetrics,
 ) {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client);
+    // The policy generation last written for, and when to look again regardless.
     let mut written: Option<u64> = None;
-    let mut since_check = Duration::ZERO;
-    let mut next_check = options.recheck;
+    let mut due = Instant::now();
     let mut failures: u32 = 0;
     let mut last_problem = String::new();
     loop {
-        let snapshot = policy.current();
-        let generation = snapshot.as_ref().map(|s| s.generation);
-        if let Some(snapshot) = snapshot
-            && (generation != written || since_check >= next_check)
-        {
-            since_check = Duration::ZERO;
-            written = generation;
-            let expression = match_condition::needs_pull_secret(&snapshot.policy);
-            match keep(&api, &options.configuration, expression.as_deref()).await {
-                Ok(edit) => {
-                    next_check = options.recheck;
-                    failures = 0;
-                    metrics.in_step.set(1);
-                    last_problem.clear();
-                    if edit == Edit::Changed {
-                        tracing::info!(
-                            target: "registry_gate::controller",
-                            configuration = %options.configuration,
-                            webhook = MUTATING_WEBHOOK,
-                            policy_generation = snapshot.generation,
-                            condition = if expression.is_some() { "set" } else { "removed: the policy has too many hosts" },
-                            "match condition updated"
-                        );
-                    }
+        tokio::time::sleep(POLL).await;
+        let Some(snapshot) = policy.current() else { continue };
+        if written == Some(snapshot.generation) && Instant::now() < due {
+            continue;
+        }
+        written = Some(snapshot.generation);
+        let expression = match_condition::needs_pull_secret(&snapshot.policy);
+        match keep(&api, &options.configuration, expression.as_deref()).await {
+            Ok(edit) => {
+                due = Instant::now() + options.recheck;
+                failures = 0;
+                metrics.in_step.set(1);
+                last_problem.clear();
+                if edit == Edit::Changed {
+                    tracing::info!(
+                        target: "registry_gate::controller",
+                        configuration = %options.configuration,
+                        webhook = MUTATING_WEBHOOK,
+                        policy_generation = snapshot.generation,
+                        condition = if expression.is_some() { "set" } else { "removed: the policy has too many hosts" },
+                        "match condition updated"
+                    );
                 }
-                Err(problem) => {
-                    metrics.in_step.set(0);
-                    // Once per distinct problem, not once per retry.
-                    if problem != last_problem {
-                        tracing::warn!(
-                            target: "registry_gate::controller",
-                            configuration = %options.configuration,
-                            problem = %problem,
-                            "cannot keep the mutating webhook's match condition; will retry"
-                        );
-                        last_problem = problem;
-                    }
-                    // The configuration is often applied last, after the controller starts.
-                    next_check = RETRY.saturating_mul(1 << failures.min(16)).min(options.recheck);
-                    failures = failures.saturating_add(1);
+            }
+            Err(problem) => {
+                // The configuration is often applied last, after the controller starts.
+                due = Instant::now() + RETRY.saturating_mul(1 << failures.min(16)).min(options.recheck);
+                failures = failures.saturating_add(1);
+                metrics.in_step.set(0);
+                // Once per distinct problem, not once per retry.
+                if problem != last_problem {
+                    tracing::warn!(
+                        target: "registry_gate::controller",
+                        configuration = %options.configuration,
+                        problem = %problem,
+                        "cannot keep the mutating webhook's match condition; will retry"
+                    );
+                    last_problem = problem;
                 }
             }
         }
-        tokio::time::sleep(POLL).await;
-        since_check += POLL;
     }
 }
 

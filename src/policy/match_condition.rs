@@ -69,13 +69,13 @@ struct Hosts {
 impl Hosts {
     fn of(policy: &Policy) -> Hosts {
         let mut hosts = Hosts::default();
-        let with_secret: Vec<(&HostPattern, &str)> = policy
+        let with_secret = policy
             .registries
             .iter()
-            .filter_map(|registry| Some((&registry.pattern.host, registry.pull_secret.as_deref()?)))
-            .collect();
+            .filter_map(|registry| Some((&registry.pattern.host, registry.pull_secret.as_deref()?)));
         let is_docker_hub = |host: &HostPattern| host.matches(DOCKER_HUB) || host.covers_docker_hub_alias();
-        for &(host, secret) in &with_secret {
+        let short_name_host = policy.short_name_host.key();
+        for (host, secret) in with_secret {
             let portless = host.name().len() == host.key().len();
             if host.is_wildcard() {
                 let key = host.key();
@@ -89,7 +89,6 @@ impl Hosts {
                     add(&mut hosts.exact, name, true, secret);
                 }
             }
-            let short_name_host = policy.short_name_host.key();
             if host.matches(short_name_host) || (short_name_host == DOCKER_HUB && is_docker_hub(host)) {
                 hosts.short_names.insert(secret.to_owned());
             }

@@ -267,8 +267,11 @@ fn admission_end_to_end() {
         s.run("2. every image location and workload kind", || scenario_locations(&a));
         s.run("3. ephemeral containers (kubectl debug, pods/ephemeralcontainers)", || scenario_ephemeral(&a));
         s.run("4. pull secrets injected and kept", || scenario_mutation(&a));
-        s.run("5. fail closed while registry-gate is down", || scenario_fail_closed(&mut a));
-        s.run("6. audit mode admits with a warning", || scenario_audit(&mut a));
+        s.run("5. an image another mutation adds is checked and gets its pull secret", || {
+            scenario_injected(&a)
+        });
+        s.run("6. fail closed while registry-gate is down", || scenario_fail_closed(&mut a));
+        s.run("7. audit mode admits with a warning", || scenario_audit(&mut a));
     }
     drop(a); // kills registry-gate
     drop(registration);
@@ -449,6 +452,55 @@ fn pull_secrets(cp: &ControlPlane, namespace: &str, name: &str) -> anyhow::Resul
         .as_array()
         .map(|list| list.iter().filter_map(|s| s["name"].as_str().map(str::to_owned)).collect())
         .unwrap_or_default())
+}
+
+/// A sidecar injector of the API server's own kind: a MutatingAdmissionPolicy (Kubernetes
+/// 1.36+) adding the container named in a Pod's `e2e-inject` annotation. The image check runs
+/// in the validating phase, after every mutation, so it sees what the kubelet will pull rather
+/// than what the Pod's author wrote.
+fn scenario_injected(a: &Admission) -> anyhow::Result<()> {
+    let cp = a.cp;
+    let injector = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicy",
+         "metadata": {"name": "e2e-injector"},
+         "spec": {"failurePolicy": "Fail", "reinvocationPolicy": "IfNeeded",
+                  "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                                          "operations": ["CREATE"], "resources": ["pods"]}]},
+                  "matchConditions": [{"name": "asks-for-a-sidecar",
+                                       "expression": "has(object.metadata.annotations) && 'e2e-inject' in object.metadata.annotations"}],
+                  "mutations": [{"patchType": "ApplyConfiguration", "applyConfiguration": {"expression":
+                      "Object{spec: Object.spec{containers: [Object.spec.containers{name: 'injected', image: object.metadata.annotations['e2e-inject']}]}}"}}]}},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicyBinding",
+         "metadata": {"name": "e2e-injector"},
+         "spec": {"policyName": "e2e-injector",
+                  "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NS}}}}}
+    ]});
+    cp.kubectl_stdin(&["apply", "--server-side", "--field-manager=e2e", "-f", "-"], &injector.to_string())
+        .ok()?;
+    let injected = |name: &str, image: &str| {
+        let mut object = pod(NS, name, pod_spec(vec![container("app", HUB)]));
+        object["metadata"]["annotations"] = json!({ "e2e-inject": image });
+        object
+    };
+    let result = (|| {
+        // The API server reads admission policies from a cache: wait until it injects.
+        wait_for("the injector in force", Duration::from_secs(20), Duration::from_millis(100), |last| {
+            let run = create_dry_run(cp, &injected("probe", EVIL));
+            *last = run.stderr.clone();
+            run.stderr.contains(&format!("spec.containers[1].image \"{EVIL}\"")).then_some(())
+        })?;
+        let run = refused_at(create(cp, &injected("injected-evil", EVIL)), "spec.containers[1].image", EVIL)?;
+        ensure!(run.stderr.contains("is not in any registered registry"), "{}", run.stderr);
+        // A registered sidecar is admitted, with the pull secret its registry needs.
+        create(cp, &injected("injected-corp", CORP)).ok()?;
+        let stored = cp.kubectl(&["-n", NS, "get", "pod", "injected-corp", "-o", "json"]).ok()?.json()?;
+        ensure!(stored["spec"]["containers"][1]["image"] == CORP, "no sidecar: {}", stored["spec"]);
+        let secrets = pull_secrets(cp, NS, "injected-corp")?;
+        ensure!(secrets == ["corp-pull"], "the injected sidecar's Pod has {secrets:?}, not [corp-pull]");
+        Ok(())
+    })();
+    cp.kubectl(&["delete", "mutatingadmissionpolicybinding,mutatingadmissionpolicy", "e2e-injector"]).ok()?;
+    result
 }
 
 fn scenario_mutation(a: &Admission) -> anyhow::Result<()> {

@@ -105,14 +105,22 @@ fn expected_secrets(policy: &Policy, pod: &Value) -> anyhow::Result<Vec<String>>
 
 /// Sends `pod` with dryRun=All; returns its imagePullSecrets as stored.
 fn dry_run(api: &mut Blocking, pod: &Value) -> anyhow::Result<Vec<String>> {
+    Ok(pull_secrets(&dry_run_object(api, pod)?))
+}
+
+/// Sends `pod` with dryRun=All; returns the Pod as the API server would store it.
+fn dry_run_object(api: &mut Blocking, pod: &Value) -> anyhow::Result<Value> {
     let path = format!("/api/v1/namespaces/{NS}/pods?dryRun=All&fieldManager=registry-gate-e2e");
     let reply = api.request("POST", &path, Some(&serde_json::to_vec(pod)?))?;
     ensure!((200..300).contains(&reply.status), "dry-run Pod answered {}: {}", reply.status, reply.text());
-    let stored: Value = serde_json::from_str(&reply.text())?;
-    Ok(stored["spec"]["imagePullSecrets"]
+    Ok(serde_json::from_str(&reply.text())?)
+}
+
+fn pull_secrets(pod: &Value) -> Vec<String> {
+    pod["spec"]["imagePullSecrets"]
         .as_array()
         .map(|list| list.iter().filter_map(|s| s["name"].as_str().map(str::to_owned)).collect())
-        .unwrap_or_default())
+        .unwrap_or_default()
 }
 
 /// Reviews registry-gate has answered (only the mutating webhook is registered). A review is
@@ -212,6 +220,95 @@ fn every_image(api: &mut Blocking, gate: &Gate, policy: &Policy) -> anyhow::Resu
     Ok((sent, skipped))
 }
 
+/// A sidecar injector that acts after registry-gate's first call, as a mutating webhook
+/// ordered after registry-gate's would: a MutatingAdmissionPolicy (the API server's own CEL
+/// mutation, Kubernetes 1.36+) that adds the container named in the Pod's `e2e-sidecar`
+/// annotation once the Pod has pull secrets. On the first round it changes nothing (the Pod has
+/// none yet) and is recorded as invoked; registry-gate then adds a secret, which makes the API
+/// server run both again (`reinvocationPolicy: IfNeeded`): the policy adds the sidecar, and
+/// registry-gate is asked again, unless its condition finds nothing more to add.
+fn late_sidecar_injector() -> Value {
+    let expression = "has(object.spec.imagePullSecrets) && !object.spec.containers.exists(c, c.name == 'proxy') \
+        ? Object{spec: Object.spec{containers: [Object.spec.containers{name: 'proxy', \
+                                                image: object.metadata.annotations['e2e-sidecar']}]}} \
+        : Object{}";
+    json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicy",
+         "metadata": {"name": "e2e-late-sidecar"},
+         "spec": {"failurePolicy": "Fail", "reinvocationPolicy": "IfNeeded",
+                  "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                                          "operations": ["CREATE"], "resources": ["pods"]}]},
+                  "matchConditions": [{"name": "asks-for-a-sidecar",
+                                       "expression": "has(object.metadata.annotations) && 'e2e-sidecar' in object.metadata.annotations"}],
+                  "mutations": [{"patchType": "ApplyConfiguration",
+                                 "applyConfiguration": {"expression": expression}}]}},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicyBinding",
+         "metadata": {"name": "e2e-late-sidecar"},
+         "spec": {"policyName": "e2e-late-sidecar",
+                  "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NS}}}}}
+    ]})
+}
+
+/// A Pod of one ghcr.io/acme container, asking the injector for a sidecar of `sidecar`.
+fn pod_asking_for(sidecar: &str) -> Value {
+    let mut pod = pod("ghcr.io/acme/api:1", "containers", &[]);
+    pod["metadata"]["annotations"] = json!({ "e2e-sidecar": sidecar });
+    pod
+}
+
+fn late_sidecar(cp: &ControlPlane, api: &mut Blocking, gate: &Gate) -> anyhow::Result<()> {
+    let injector = late_sidecar_injector();
+    cp.kubectl_stdin(&["apply", "--server-side", "--field-manager=e2e", "-f", "-"], &injector.to_string())
+        .ok()?;
+    let result = (|| {
+        // The API server reads admission policies from a cache.
+        let corp = "registry.corp.example:5000/mesh/proxy:1";
+        let stored =
+            wait_for("the injector in force", Duration::from_secs(20), Duration::from_millis(100), |last| {
+                let stored = dry_run_object(api, &pod_asking_for(corp));
+                *last = format!("{stored:?}");
+                let stored = stored.ok()?;
+                let images: Vec<&str> = stored["spec"]["containers"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|c| c["image"].as_str())
+                    .collect();
+                images.contains(&corp).then_some(stored)
+            })?;
+        // The sidecar came after registry-gate's first answer; only the second call gives it
+        // its secret.
+        ensure!(
+            pull_secrets(&stored) == ["ghcr-acme", "corp-pull"],
+            "the Pod with a late corp sidecar stored {:?}",
+            pull_secrets(&stored)
+        );
+        let before = reviews(gate)?;
+        let stored = dry_run_object(api, &pod_asking_for(corp))?;
+        let calls = reviews(gate)? - before;
+        ensure!(pull_secrets(&stored) == ["ghcr-acme", "corp-pull"], "{:?}", pull_secrets(&stored));
+        ensure!(calls == 2.0, "a late corp sidecar: registry-gate asked {calls} times, not twice");
+        // A public sidecar needs nothing more: the condition spares the second call.
+        let public = "quay.io/mesh/proxy:1";
+        let before = reviews(gate)?;
+        let stored = dry_run_object(api, &pod_asking_for(public))?;
+        let calls = reviews(gate)? - before;
+        let images: Vec<&str> = stored["spec"]["containers"]
+            .as_array()
+            .context("containers")?
+            .iter()
+            .filter_map(|c| c["image"].as_str())
+            .collect();
+        ensure!(images.contains(&public), "the injector added no sidecar: {images:?}");
+        ensure!(pull_secrets(&stored) == ["ghcr-acme"], "{:?}", pull_secrets(&stored));
+        ensure!(calls == 1.0, "a late public sidecar: registry-gate asked {calls} times, not once");
+        println!("late sidecar: corp image -> 2 calls, both secrets; public image -> 1 call");
+        Ok(())
+    })();
+    cp.kubectl(&["delete", "mutatingadmissionpolicybinding,mutatingadmissionpolicy", "e2e-late-sidecar"])
+        .ok()?;
+    result
+}
+
 pub fn pull_secret_condition(cp: &ControlPlane, s: &mut Scenarios, dir: &Path) {
     let policy_file = dir.join("policy.yaml");
     let mut gate = None;
@@ -287,6 +384,10 @@ pub fn pull_secret_condition(cp: &ControlPlane, s: &mut Scenarios, dir: &Path) {
         ensure!(reviews(gate)? == before, "a Pod listing ghcr-acme already was sent");
         Ok(())
     });
+    s.run(
+        "condition: a sidecar added after registry-gate's call gets its pull secret when asked again",
+        || late_sidecar(cp, api, gate),
+    );
     s.run("condition: a policy change reaches the condition; Docker Hub gains a pull secret", || {
         let started = Instant::now();
         std::fs::write(&policy_file, policy(true))?;

@@ -454,27 +454,12 @@ fn pull_secrets(cp: &ControlPlane, namespace: &str, name: &str) -> anyhow::Resul
         .unwrap_or_default())
 }
 
-/// A sidecar injector of the API server's own kind: a MutatingAdmissionPolicy (Kubernetes
-/// 1.36+) adding the container named in a Pod's `e2e-inject` annotation. The image check runs
-/// in the validating phase, after every mutation, so it sees what the kubelet will pull rather
-/// than what the Pod's author wrote.
+/// A sidecar injector of the API server's own kind (`match_condition::sidecar_injector`) adds a
+/// container before registry-gate is called. The image check runs in the validating phase, after
+/// every mutation, so it sees what the kubelet will pull rather than what the Pod's author wrote.
 fn scenario_injected(a: &Admission) -> anyhow::Result<()> {
     let cp = a.cp;
-    let injector = json!({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicy",
-         "metadata": {"name": "e2e-injector"},
-         "spec": {"failurePolicy": "Fail", "reinvocationPolicy": "IfNeeded",
-                  "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
-                                                          "operations": ["CREATE"], "resources": ["pods"]}]},
-                  "matchConditions": [{"name": "asks-for-a-sidecar",
-                                       "expression": "has(object.metadata.annotations) && 'e2e-inject' in object.metadata.annotations"}],
-                  "mutations": [{"patchType": "ApplyConfiguration", "applyConfiguration": {"expression":
-                      "Object{spec: Object.spec{containers: [Object.spec.containers{name: 'injected', image: object.metadata.annotations['e2e-inject']}]}}"}}]}},
-        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicyBinding",
-         "metadata": {"name": "e2e-injector"},
-         "spec": {"policyName": "e2e-injector",
-                  "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NS}}}}}
-    ]});
+    let injector = match_condition::sidecar_injector("e2e-injector", NS, "true");
     cp.kubectl_stdin(&["apply", "--server-side", "--field-manager=e2e", "-f", "-"], &injector.to_string())
         .ok()?;
     let injected = |name: &str, image: &str| {

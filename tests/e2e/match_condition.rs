@@ -220,44 +220,49 @@ fn every_image(api: &mut Blocking, gate: &Gate, policy: &Policy) -> anyhow::Resu
     Ok((sent, skipped))
 }
 
-/// A sidecar injector that acts after registry-gate's first call, as a mutating webhook
-/// ordered after registry-gate's would: a MutatingAdmissionPolicy (the API server's own CEL
-/// mutation, Kubernetes 1.36+) that adds the container named in the Pod's `e2e-sidecar`
-/// annotation once the Pod has pull secrets. On the first round it changes nothing (the Pod has
-/// none yet) and is recorded as invoked; registry-gate then adds a secret, which makes the API
-/// server run both again (`reinvocationPolicy: IfNeeded`): the policy adds the sidecar, and
-/// registry-gate is asked again, unless its condition finds nothing more to add.
-fn late_sidecar_injector() -> Value {
-    let expression = "has(object.spec.imagePullSecrets) && !object.spec.containers.exists(c, c.name == 'proxy') \
-        ? Object{spec: Object.spec{containers: [Object.spec.containers{name: 'proxy', \
-                                                image: object.metadata.annotations['e2e-sidecar']}]}} \
-        : Object{}";
+/// A sidecar injector of the API server's own kind: a MutatingAdmissionPolicy (CEL mutation,
+/// Kubernetes 1.36+) and its binding, named `name`, that adds a container `injected` with the
+/// image in a Pod's `e2e-inject` annotation, for Pods in `namespace` for which `when` (CEL)
+/// holds. It is invoked whenever the annotation is there, so it is asked again
+/// (`reinvocationPolicy: IfNeeded`) after a webhook changes the Pod.
+pub(crate) fn sidecar_injector(name: &str, namespace: &str, when: &str) -> Value {
+    let expression = format!(
+        "{when} && !object.spec.containers.exists(c, c.name == 'injected') \
+         ? Object{{spec: Object.spec{{containers: [Object.spec.containers{{name: 'injected', \
+                                     image: object.metadata.annotations['e2e-inject']}}]}}}} \
+         : Object{{}}"
+    );
     json!({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicy",
-         "metadata": {"name": "e2e-late-sidecar"},
+         "metadata": {"name": name},
          "spec": {"failurePolicy": "Fail", "reinvocationPolicy": "IfNeeded",
                   "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
                                                           "operations": ["CREATE"], "resources": ["pods"]}]},
                   "matchConditions": [{"name": "asks-for-a-sidecar",
-                                       "expression": "has(object.metadata.annotations) && 'e2e-sidecar' in object.metadata.annotations"}],
+                                       "expression": "has(object.metadata.annotations) && 'e2e-inject' in object.metadata.annotations"}],
                   "mutations": [{"patchType": "ApplyConfiguration",
                                  "applyConfiguration": {"expression": expression}}]}},
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicyBinding",
-         "metadata": {"name": "e2e-late-sidecar"},
-         "spec": {"policyName": "e2e-late-sidecar",
-                  "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NS}}}}}
+         "metadata": {"name": name},
+         "spec": {"policyName": name,
+                  "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}}}
     ]})
 }
 
 /// A Pod of one ghcr.io/acme container, asking the injector for a sidecar of `sidecar`.
 fn pod_asking_for(sidecar: &str) -> Value {
     let mut pod = pod("ghcr.io/acme/api:1", "containers", &[]);
-    pod["metadata"]["annotations"] = json!({ "e2e-sidecar": sidecar });
+    pod["metadata"]["annotations"] = json!({ "e2e-inject": sidecar });
     pod
 }
 
+/// The injector acts only once the Pod has pull secrets, so after registry-gate's first answer,
+/// as a mutating webhook ordered after registry-gate's would. On the first round it changes
+/// nothing and is recorded as invoked; registry-gate then adds a secret, which makes the API
+/// server run both again: the injector adds the sidecar, and registry-gate is asked again,
+/// unless its condition finds nothing more to add.
 fn late_sidecar(cp: &ControlPlane, api: &mut Blocking, gate: &Gate) -> anyhow::Result<()> {
-    let injector = late_sidecar_injector();
+    let injector = sidecar_injector("e2e-late-sidecar", NS, "has(object.spec.imagePullSecrets)");
     cp.kubectl_stdin(&["apply", "--server-side", "--field-manager=e2e", "-f", "-"], &injector.to_string())
         .ok()?;
     let result = (|| {

@@ -220,6 +220,14 @@ log "go mod tidy (etcd)"
 (cd "${ESRC}" && "${NICE[@]}" go mod tidy) || die "go mod tidy failed in ${ESRC}"
 log "modules resolved in $((SECONDS - t0))s"
 
+# kubectl's main sets glog's verbosity from its flags since 1.31; before, it does not, and
+# kubectl's cmd package has no GetLogVerbosity. Older releases (the chart supports 1.30) get
+# their own main's shape.
+KUBECTL_DIR="$(cd "${KSRC}" && go list -m -f '{{.Dir}}' k8s.io/kubectl)"
+if ! grep -qs 'func GetLogVerbosity' "${KUBECTL_DIR}"/pkg/cmd/*.go; then
+  sed -i -e '/GetLogVerbosity/d' -e '\|"k8s.io/component-base/logs"|d' -e '/^\t"os"$/d' "${KSRC}/kubectl/main.go"
+fi
+
 # Version stamping as k8s' hack/lib/version.sh does, so `kubectl version` and
 # /version report the real release instead of v0.0.0-master.
 KV=()

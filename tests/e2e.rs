@@ -348,25 +348,30 @@ fn scenario_locations(a: &Admission) -> anyhow::Result<()> {
         "containers": [container("c", HUB)],
         "volumes": [{ "name": "scratch", "emptyDir": {} }, { "name": "models", "image": { "reference": EVIL } }]
     });
-    for (name, spec, field) in [
-        ("init", init, "initContainers[0].image"),
-        ("second-container", second, "containers[1].image"),
-        ("image-volume", volume, "volumes[1].image.reference"),
-    ] {
+    let mut cases =
+        vec![("init", init, "initContainers[0].image"), ("second-container", second, "containers[1].image")];
+    // Before 1.35 the API server drops the field (ImageVolume off by default).
+    let image_volumes = cp.has(35, "image volumes");
+    if image_volumes {
+        cases.push(("image-volume", volume, "volumes[1].image.reference"));
+    }
+    for (name, spec, field) in cases {
         refused_at(create(cp, &pod(NS, name, spec)), &format!("spec.{field}"), EVIL)
             .with_context(|| format!("Pod with an unregistered image in {field}"))?;
     }
     // The same locations with registered images are admitted, so the image volume field is
     // known to the apiserver (ImageVolume) and reaches registry-gate.
-    let fine = json!({
+    let mut fine = json!({
         "initContainers": [container("init", CORP)],
         "containers": [container("c", HUB), container("sidecar", GHCR)],
-        "volumes": [{ "name": "models", "image": { "reference": "ghcr.io/acme/models:3" } }]
     });
+    if image_volumes {
+        fine["volumes"] = json!([{ "name": "models", "image": { "reference": "ghcr.io/acme/models:3" } }]);
+    }
     create(cp, &pod(NS, "all-locations", fine)).ok()?;
     let stored = cp.kubectl(&["-n", NS, "get", "pod", "all-locations", "-o", "json"]).ok()?.json()?;
     ensure!(
-        stored["spec"]["volumes"][0]["image"]["reference"] == "ghcr.io/acme/models:3",
+        !image_volumes || stored["spec"]["volumes"][0]["image"]["reference"] == "ghcr.io/acme/models:3",
         "the apiserver dropped the image volume: {}",
         stored["spec"]["volumes"]
     );
@@ -414,7 +419,11 @@ fn scenario_ephemeral(a: &Admission) -> anyhow::Result<()> {
     .context("kubectl debug with an unregistered image")?;
     // A registered debug image goes through.
     cp.kubectl(&["-n", NS, "debug", "debug-target", "--image=ghcr.io/acme/debug:1", "-c", "dbg"]).ok()?;
-    // Writing the subresource directly: the new container is the second one.
+    // Writing the subresource directly: the new container is the second one. kubectl 1.31 and
+    // older take only `status` and `scale` for --subresource.
+    if !cp.has(32, "kubectl patch --subresource=ephemeralcontainers") {
+        return Ok(());
+    }
     let tool2 = "quay.io/evil/tools:2";
     let patch = json!({ "spec": { "ephemeralContainers": [
         { "name": "dbg", "image": "ghcr.io/acme/debug:1" },
@@ -459,6 +468,9 @@ fn pull_secrets(cp: &ControlPlane, namespace: &str, name: &str) -> anyhow::Resul
 /// every mutation, so it sees what the kubelet will pull rather than what the Pod's author wrote.
 fn scenario_injected(a: &Admission) -> anyhow::Result<()> {
     let cp = a.cp;
+    if !cp.has(36, "MutatingAdmissionPolicy") {
+        return Ok(());
+    }
     let injector = match_condition::sidecar_injector("e2e-injector", NS, "true");
     cp.kubectl_stdin(&["apply", "--server-side", "--field-manager=e2e", "-f", "-"], &injector.to_string())
         .ok()?;

@@ -53,6 +53,9 @@ pub struct ControlPlane {
     pub ca: PathBuf,
     /// A bearer token of the admin (group system:masters).
     pub token: String,
+    /// The minor release of the kube-apiserver and kubectl (built together): a few scenarios use
+    /// what older releases lack (see [`ControlPlane::has`]).
+    pub minor: u32,
     /// End of file on this pipe stops the control plane; it also carries requests (see the
     /// module notes).
     hold: Mutex<Hold>,
@@ -215,7 +218,8 @@ impl ControlPlane {
                 .map(str::to_owned)
                 .with_context(|| format!("{name} missing from {}/env", workdir.display()))
         };
-        let cp = ControlPlane {
+        let mut cp = ControlPlane {
+            minor: 0,
             kubeconfig: PathBuf::from(var("KUBECONFIG")?),
             url: var("REGISTRY_GATE_APISERVER_URL")?,
             ca: PathBuf::from(var("REGISTRY_GATE_APISERVER_CA")?),
@@ -234,9 +238,26 @@ impl ControlPlane {
             ensure!(Instant::now() < deadline, "the apiserver does not serve namespaces: {}", run.stderr);
             std::thread::sleep(Duration::from_millis(200));
         }
+        let version = cp.kubectl(&["version", "-o", "json"]).ok()?.json()?;
+        let minor = version["serverVersion"]["minor"].as_str().unwrap_or_default();
+        cp.minor = minor
+            .trim_end_matches('+')
+            .parse()
+            .with_context(|| format!("the apiserver reports minor version {minor:?}"))?;
         // start.sh's output only matters when it fails to start; it keeps writing to the unlinked file.
         let _ = std::fs::remove_file(&start_log);
         Ok(cp)
+    }
+
+    /// Whether this release has what Kubernetes 1.`since` brought, for running the tests
+    /// against an older release than the pinned one (tests/controlplane/README.md). Says what it
+    /// skips when it does not; the pinned release has everything, so there nothing is skipped.
+    pub fn has(&self, since: u32, what: &str) -> bool {
+        let has = self.minor >= since;
+        if !has {
+            println!("SKIPPED on 1.{}: {what} (Kubernetes 1.{since} and later)", self.minor);
+        }
+        has
     }
 
     /// Runs kubectl against the control plane.

@@ -187,16 +187,24 @@ fn vector_images() -> anyhow::Result<Vec<String>> {
 /// Every image of [`IMAGES`] at every field, and every vector as a container's image: what the
 /// API server stores equals what the webhook gives without the condition. Returns (Pods sent,
 /// Pods skipped).
-fn every_image(api: &mut Blocking, gate: &Gate, policy: &Policy) -> anyhow::Result<(usize, usize)> {
+fn every_image(
+    cp: &ControlPlane,
+    api: &mut Blocking,
+    gate: &Gate,
+    policy: &Policy,
+) -> anyhow::Result<(usize, usize)> {
     let (mut sent, mut skipped) = (0, 0);
     let mut wrong = Vec::new();
-    let fields = ["containers", "initContainers", "volumes"];
+    let mut fields = vec!["containers", "initContainers"];
+    if cp.has(35, "image volumes") {
+        fields.push("volumes");
+    }
     let vectors = vector_images()?;
     ensure!(vectors.len() > 200, "only {} vector images", vectors.len());
     let listings: [&[&str]; 3] = [&[], &["ghcr-acme"], ALL_SECRETS];
     let cases = IMAGES
         .iter()
-        .flat_map(|image| fields.map(|field| (*image, field)))
+        .flat_map(|image| fields.iter().map(|field| (*image, *field)))
         .flat_map(|(image, field)| listings.map(|listed| (image, field, listed)));
     let cases = cases.chain(vectors.iter().map(|image| (image.as_str(), "containers", &[][..])));
     for (image, field, listed) in cases {
@@ -262,6 +270,9 @@ fn pod_asking_for(sidecar: &str) -> Value {
 /// server run both again: the injector adds the sidecar, and registry-gate is asked again,
 /// unless its condition finds nothing more to add.
 fn late_sidecar(cp: &ControlPlane, api: &mut Blocking, gate: &Gate) -> anyhow::Result<()> {
+    if !cp.has(36, "MutatingAdmissionPolicy") {
+        return Ok(());
+    }
     let injector = sidecar_injector("e2e-late-sidecar", NS, "has(object.spec.imagePullSecrets)");
     cp.kubectl_stdin(&["apply", "--server-side", "--field-manager=e2e", "-f", "-"], &injector.to_string())
         .ok()?;
@@ -373,7 +384,7 @@ pub fn pull_secret_condition(cp: &ControlPlane, s: &mut Scenarios, dir: &Path) {
             },
         )?;
         let policy = Policy::parse(&policy(false))?;
-        let (sent, skipped) = every_image(api, gate, &policy)?;
+        let (sent, skipped) = every_image(cp, api, gate, &policy)?;
         println!("{} Pods: {sent} sent to the webhook, {skipped} skipped by the condition", sent + skipped);
         ensure!(skipped > 0, "the condition skipped no Pod");
         // Public images are the point: Docker Hub and Quay have no pull secret here.
@@ -405,7 +416,7 @@ pub fn pull_secret_condition(cp: &ControlPlane, s: &mut Scenarios, dir: &Path) {
             *last = format!("{stored:?}");
             stored.ok().filter(|s| s == &["hub-pull"]).map(|_| ())
         })?;
-        let (sent, skipped) = every_image(api, gate, &policy)?;
+        let (sent, skipped) = every_image(cp, api, gate, &policy)?;
         println!("{} Pods: {sent} sent, {skipped} skipped", sent + skipped);
         Ok(())
     });
